@@ -1,0 +1,335 @@
+//! Log and cluster metadata shared by the epoch store, the roles and the wire: log attributes,
+//! durability modes, node sets and their history, node membership records (DESIGN §4).
+//!
+//! These types are persisted (JSON in etcd and in the file store) and shipped (rkyv). Field
+//! names are part of the persisted format: add fields with serde defaults, never rename.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, Lsn, NodeId};
+use crate::record::Copyset;
+
+/// How a storage node acknowledges a store (DESIGN §7).
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Durability {
+    /// Acknowledge after the WAL is fsynced (group commit). The default.
+    #[default]
+    Durable = 0,
+    /// Acknowledge after the write reaches RocksDB, without fsync. Opt-in per log.
+    Fast = 1,
+}
+
+/// Per-log attributes. Changes take effect from the log's next epoch.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+#[serde(default, deny_unknown_fields)]
+pub struct LogAttributes {
+    /// Copies of every record (R).
+    pub replication: u8,
+    /// Storage nodes in the log's node set (0 = every storage node, capped at `Copyset::MAX`).
+    pub node_set_size: u8,
+    /// Time-based retention in seconds (0 = keep until trimmed explicitly).
+    pub backlog_secs: u64,
+    pub durability: Durability,
+    /// The sequencer's window: LSNs granted but not yet completed (DESIGN §5).
+    pub max_in_flight: u32,
+}
+
+impl Default for LogAttributes {
+    fn default() -> Self {
+        LogAttributes {
+            replication: 3,
+            node_set_size: 0,
+            backlog_secs: 0,
+            durability: Durability::Durable,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+/// Log attributes out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttributesError {
+    #[error("replication must be between 1 and {max}, got {got}", max = Copyset::MAX)]
+    Replication { got: u8 },
+    #[error("node_set_size {size} is smaller than replication {replication}")]
+    NodeSetBelowReplication { size: u8, replication: u8 },
+    #[error("max_in_flight must be between 1 and {max}, got {got}", max = LogAttributes::MAX_IN_FLIGHT)]
+    MaxInFlight { got: u32 },
+}
+
+impl LogAttributes {
+    pub const MAX_IN_FLIGHT: u32 = 1 << 20;
+
+    pub fn validate(&self) -> Result<(), AttributesError> {
+        if self.replication == 0 || self.replication as usize > Copyset::MAX {
+            return Err(AttributesError::Replication {
+                got: self.replication,
+            });
+        }
+        if self.node_set_size != 0 && self.node_set_size < self.replication {
+            return Err(AttributesError::NodeSetBelowReplication {
+                size: self.node_set_size,
+                replication: self.replication,
+            });
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > Self::MAX_IN_FLIGHT {
+            return Err(AttributesError::MaxInFlight {
+                got: self.max_in_flight,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The storage nodes that may hold records of one epoch of a log, sorted, without duplicates.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+#[serde(transparent)]
+pub struct NodeSet(pub Vec<NodeId>);
+
+impl NodeSet {
+    /// Builds a node set: sorted and deduplicated.
+    pub fn new(mut nodes: Vec<NodeId>) -> NodeSet {
+        nodes.sort_unstable();
+        nodes.dedup();
+        NodeSet(nodes)
+    }
+
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.0.binary_search(&node).is_ok()
+    }
+}
+
+/// One entry of a log's node-set history: from `since` on, records live on `node_set` with
+/// `replication` copies.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct NodeSetEntry {
+    pub since: Epoch,
+    pub node_set: NodeSet,
+    pub replication: u8,
+}
+
+/// Everything the epoch store keeps about one log, in one key (DESIGN §4).
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct LogMetadata {
+    /// The epoch the next sequencer will take; the running one is `next_epoch − 1`.
+    pub next_epoch: Epoch,
+    /// Node-set history, oldest first; `since` strictly increases.
+    pub history: Vec<NodeSetEntry>,
+    /// Last clean epoch: every epoch up to and including it is recovered.
+    pub last_clean_epoch: Epoch,
+    /// The tail record (last LSN) of the last clean epoch.
+    pub last_clean_tail: Lsn,
+    pub attributes: LogAttributes,
+}
+
+impl LogMetadata {
+    /// The node-set entry in force for `epoch`, if the history reaches back that far.
+    pub fn node_set_for(&self, epoch: Epoch) -> Option<&NodeSetEntry> {
+        self.history.iter().rev().find(|e| e.since <= epoch)
+    }
+
+    /// The epoch the running sequencer holds (`next_epoch − 1`), `INVALID` if never activated.
+    pub fn current_epoch(&self) -> Epoch {
+        self.next_epoch.prev()
+    }
+}
+
+/// Roles a node runs.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Roles {
+    pub sequencer: bool,
+    pub storage: bool,
+}
+
+/// A storage node's state (DESIGN §7): only `ReadWrite` nodes take new copies; `DataLoss`
+/// nodes are not authoritative (their "no record" proves nothing).
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum StorageState {
+    #[default]
+    Provisioning = 0,
+    ReadWrite = 1,
+    ReadOnly = 2,
+    DataLoss = 3,
+    Disabled = 4,
+    Gone = 5,
+}
+
+/// A node's membership record, kept under a lease in the epoch store.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// `host:port` of the node's QUIC endpoint.
+    pub address: String,
+    pub roles: Roles,
+    /// Failure domain path, e.g. `region.dc.rack` (empty: none).
+    pub location: String,
+    /// Relative weight for placement (sequencers and node sets); 0 = take no new work.
+    pub weight: u32,
+    pub state: StorageState,
+}
+
+/// Extra attributes keyed by name, for forward-compatible additions without a format change.
+pub type Extra = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_validate() {
+        LogAttributes::default().validate().unwrap();
+        let a = LogAttributes {
+            replication: 0,
+            ..LogAttributes::default()
+        };
+        assert_eq!(a.validate(), Err(AttributesError::Replication { got: 0 }));
+        let a = LogAttributes {
+            node_set_size: 2,
+            ..LogAttributes::default()
+        };
+        assert!(matches!(
+            a.validate(),
+            Err(AttributesError::NodeSetBelowReplication { .. })
+        ));
+    }
+
+    #[test]
+    fn node_set_history_lookup() {
+        let entry = |since, nodes: &[u32]| NodeSetEntry {
+            since: Epoch(since),
+            node_set: NodeSet::new(nodes.iter().copied().map(NodeId).collect()),
+            replication: 2,
+        };
+        let meta = LogMetadata {
+            next_epoch: Epoch(9),
+            history: vec![entry(1, &[1, 2, 3]), entry(5, &[3, 2, 4])],
+            last_clean_epoch: Epoch(7),
+            last_clean_tail: Lsn::INVALID,
+            attributes: LogAttributes::default(),
+        };
+        assert_eq!(meta.current_epoch(), Epoch(8));
+        assert!(meta.node_set_for(Epoch(0)).is_none());
+        assert_eq!(meta.node_set_for(Epoch(4)).unwrap().since, Epoch(1));
+        assert_eq!(
+            meta.node_set_for(Epoch(8)).unwrap().node_set.nodes(),
+            &[NodeId(2), NodeId(3), NodeId(4)]
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! The connecting side: one connection per peer, reused by every request to it and re-made
+//! when it dies; each request on its own stream, under one deadline that covers connecting,
+//! sending and the answer.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::limits::Limits;
+use crate::wire::FrameKind;
+
+use super::framing::{ReadFrameError, encode_frame, read_frame, write_encoded, write_frame};
+use super::tls::{NODE_SERVER_NAME, TlsIdentity, client_config};
+use super::{Protocol, TransportConfig, TransportError, codes};
+
+type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// Makes requests of protocol `P` to any number of peers.
+pub struct Connector<P: Protocol> {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    config: TransportConfig,
+    server_name: String,
+    conns: Mutex<HashMap<SocketAddr, Slot>>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> std::fmt::Debug for Connector<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("alpn", &String::from_utf8_lossy(P::ALPN))
+            .finish()
+    }
+}
+
+impl<P: Protocol> Connector<P> {
+    /// A connector on an ephemeral local UDP port (IPv4 any address).
+    pub fn new(identity: &TlsIdentity, config: TransportConfig) -> Result<Self, TransportError> {
+        Self::bind(identity, config, SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// A connector whose endpoint is bound to `local`.
+    pub fn bind(
+        identity: &TlsIdentity,
+        config: TransportConfig,
+        local: SocketAddr,
+    ) -> Result<Self, TransportError> {
+        let tls = client_config(identity, P::ALPN)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TransportError::Tls(super::TlsError::Quic(e.to_string())))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        client_config.transport_config(Arc::new(config.quic()));
+        let endpoint = quinn::Endpoint::client(local).map_err(TransportError::Bind)?;
+        Ok(Connector {
+            endpoint,
+            client_config,
+            config,
+            server_name: NODE_SERVER_NAME.to_owned(),
+            conns: Mutex::new(HashMap::new()),
+            _protocol: PhantomData,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Sends one request and waits for its answer, all within `timeout`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        req: &P::Request,
+        timeout: Duration,
+    ) -> Result<P::Response, TransportError> {
+        let deadline = Instant::now() + timeout;
+        let max_frame = self.config.limits.max_frame_bytes;
+        // Encode first: a request over the limit fails here, before any I/O.
+        let (header, body) = encode_frame(req, FrameKind::Request, timeout_ms(timeout), max_frame)?;
+        let exchange = async {
+            let (mut send, mut recv) = self.open_bi(addr, deadline).await?;
+            match write_encoded(&mut send, &header, &body).await {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                // The peer refused the frame and stopped our sending; its reason follows.
+                Err(quinn::WriteError::Stopped(_)) => {}
+                Err(e) => return Err(TransportError::ConnectionLost(e.to_string())),
+            }
+            match read_frame(&mut recv, max_frame).await {
+                Ok(Some(frame))
+                    if matches!(frame.header.kind, FrameKind::Response | FrameKind::Error) =>
+                {
+                    frame.decode::<P::Response>(&self.config.limits)
+                }
+                Ok(Some(frame)) => Err(TransportError::UnexpectedFrame(frame.header.kind)),
+                Ok(None) => Err(TransportError::NoAnswer),
+                Err(ReadFrameError::Refused(e)) => Err(TransportError::Frame(e)),
+                Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
+            }
+        };
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or(Err(TransportError::Timeout(timeout)))
+    }
+
+    /// Opens a server-push stream with `req`. `timeout` bounds connecting and sending the
+    /// request; reading pushes has no deadline (the caller decides how long to wait).
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        req: &P::Request,
+        timeout: Duration,
+    ) -> Result<ClientStream<P>, TransportError> {
+        let deadline = Instant::now() + timeout;
+        let max_frame = self.config.limits.max_frame_bytes;
+        let (header, body) = encode_frame(req, FrameKind::Open, timeout_ms(timeout), max_frame)?;
+        let opening = async {
+            let (mut send, recv) = self.open_bi(addr, deadline).await?;
+            write_encoded(&mut send, &header, &body)
+                .await
+                .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
+            Ok(ClientStream {
+                send,
+                recv,
+                limits: self.config.limits,
+                _protocol: PhantomData,
+            })
+        };
+        tokio::time::timeout_at(deadline, opening)
+            .await
+            .unwrap_or(Err(TransportError::Timeout(timeout)))
+    }
+
+    /// Closes every connection and the endpoint.
+    pub async fn close(&self) {
+        self.endpoint.close(codes::SHUTDOWN, b"closed");
+        let _ = tokio::time::timeout(self.config.shutdown_grace, self.endpoint.wait_idle()).await;
+    }
+
+    /// Opens a stream on the cached connection to `addr`, connecting (once, shared by
+    /// concurrent callers) when there is none or it died.
+    async fn open_bi(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let slot = {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.entry(addr).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.close_reason().is_none() {
+                match conn.open_bi().await {
+                    Ok(streams) => return Ok(streams),
+                    // Died between the check and the open: connect afresh below.
+                    Err(e) => tracing::debug!(%addr, error = %e, "cached connection is gone"),
+                }
+            }
+            *guard = None;
+        }
+        let connect_deadline = deadline.min(Instant::now() + self.config.connect_timeout);
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, &self.server_name)
+            .map_err(|e| TransportError::Connect {
+                addr,
+                detail: e.to_string(),
+            })?;
+        let conn = match tokio::time::timeout_at(connect_deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(TransportError::Connect {
+                    addr,
+                    detail: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(TransportError::Connect {
+                    addr,
+                    detail: "connect timed out".into(),
+                });
+            }
+        };
+        let streams = conn
+            .open_bi()
+            .await
+            .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
+        *guard = Some(conn);
+        Ok(streams)
+    }
+}
+
+fn timeout_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// The client side of a server-push stream.
+#[derive(Debug)]
+pub struct ClientStream<P: Protocol> {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    limits: Limits,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> ClientStream<P> {
+    /// The next pushed message; `Ok(None)` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<P::Response>, TransportError> {
+        match read_frame(&mut self.recv, self.limits.max_frame_bytes).await {
+            Ok(None) => Ok(None),
+            Ok(Some(frame)) if matches!(frame.header.kind, FrameKind::Push | FrameKind::Error) => {
+                frame.decode(&self.limits).map(Some)
+            }
+            Ok(Some(frame)) => Err(TransportError::UnexpectedFrame(frame.header.kind)),
+            Err(ReadFrameError::Refused(e)) => Err(TransportError::Frame(e)),
+            Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
+        }
+    }
+
+    /// Sends a control message (e.g. a window update) to the server.
+    pub async fn control(&mut self, msg: &P::Request) -> Result<(), TransportError> {
+        write_frame(
+            &mut self.send,
+            msg,
+            FrameKind::Control,
+            0,
+            self.limits.max_frame_bytes,
+        )
+        .await
+    }
+
+    /// Ends the stream from this side.
+    pub fn close(mut self) {
+        let _ = self.send.finish();
+        let _ = self.recv.stop(codes::OK);
+    }
+}

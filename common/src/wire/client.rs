@@ -1,0 +1,268 @@
+//! The client ↔ node protocol (ALPN `tally-client/1`): cluster and log metadata, sequencer
+//! grants and completion reports, stores, trims, time lookups and read streams (DESIGN §5–§8).
+//!
+//! Variant order is the wire tag: append new variants at the end, never reorder or reuse.
+
+use crate::ids::{Epoch, Esn, LogId, Lsn, NodeId};
+use crate::limits::Limits;
+use crate::meta::{Durability, LogAttributes, LogMetadata, NodeInfo, NodeSet};
+use crate::record::Copyset;
+
+use super::types::{
+    FindTimeAccuracy, GapKind, ReadFilter, ReadRecord, RemoteError, StoreBatch, StoreStatus,
+};
+
+/// Most LSNs one `Sequence` request may ask for.
+pub const MAX_GRANT: u32 = 65_536;
+/// Most records or gaps in one pushed read message.
+pub const MAX_READ_BATCH: usize = 4096;
+
+/// A request from a client (or a tool) to any node.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ClientRequest {
+    /// Membership and node states, so the client can place copies and find sequencers.
+    GetClusterState,
+    /// A log's epoch-store record (node-set history, attributes).
+    GetLogMetadata { log: LogId },
+    CreateLog {
+        log: LogId,
+        attributes: LogAttributes,
+    },
+    /// Ask the log's sequencer for `count` consecutive LSNs. `no_redirect`: the client found the
+    /// owner unreachable and asks this node to take the log over.
+    Sequence {
+        log: LogId,
+        count: u32,
+        no_redirect: bool,
+    },
+    /// The client stored LSNs `first ..= first + count − 1` (one epoch) on R nodes.
+    ReportStored {
+        log: LogId,
+        first: Lsn,
+        count: u32,
+        copyset: Copyset,
+        wave: u32,
+    },
+    /// Store copies on this storage node.
+    Store(StoreBatch),
+    /// Move the trim point of the log on this node up to `upto` (inclusive).
+    Trim { log: LogId, upto: Lsn },
+    FindTime {
+        log: LogId,
+        timestamp_ms: u64,
+        accuracy: FindTimeAccuracy,
+    },
+    /// The log's tail as the sequencer knows it (last released LSN).
+    GetTail { log: LogId },
+    /// Approximate bytes of the log's records with timestamps in `[from_ms, until_ms)`.
+    DataSize {
+        log: LogId,
+        from_ms: u64,
+        until_ms: u64,
+    },
+    /// Open a read stream (sent as an `Open` frame): records of `log` from `from` to `until`
+    /// inclusive, up to `window` LSNs ahead of `from` before the client widens it.
+    StartRead {
+        log: LogId,
+        from: Lsn,
+        until: Lsn,
+        window_until: Lsn,
+        filter: ReadFilter,
+    },
+    /// (On an open read stream) widen the window.
+    ReadWindow { until: Lsn },
+    /// (On an open read stream) end it.
+    StopRead,
+}
+
+impl ClientRequest {
+    fn check(&self, limits: &Limits) -> Result<(), String> {
+        let user_log = |log: &LogId| {
+            if log.is_user() {
+                Ok(())
+            } else {
+                Err(format!("invalid user log id {}", log.0))
+            }
+        };
+        match self {
+            ClientRequest::GetClusterState | ClientRequest::StopRead => Ok(()),
+            ClientRequest::ReadWindow { .. } => Ok(()),
+            ClientRequest::GetLogMetadata { log } | ClientRequest::GetTail { log } => user_log(log),
+            ClientRequest::CreateLog { log, attributes } => {
+                user_log(log)?;
+                attributes.validate().map_err(|e| e.to_string())
+            }
+            ClientRequest::Sequence { log, count, .. } => {
+                user_log(log)?;
+                if *count == 0 || *count > MAX_GRANT.min(limits.max_records_per_batch.max(1) * 16) {
+                    return Err(format!("cannot grant {count} LSNs at once"));
+                }
+                Ok(())
+            }
+            ClientRequest::ReportStored {
+                log,
+                first,
+                count,
+                copyset,
+                ..
+            } => {
+                user_log(log)?;
+                copyset.validate().map_err(|e| e.to_string())?;
+                if *count == 0 || *count > MAX_GRANT {
+                    return Err(format!("report of {count} LSNs"));
+                }
+                let last = first.esn().0.checked_add(count - 1);
+                if !first.epoch().is_valid() || first.esn() == Esn::INVALID || last.is_none() {
+                    return Err(format!(
+                        "report range {first} + {count} is not within one epoch"
+                    ));
+                }
+                Ok(())
+            }
+            ClientRequest::Store(batch) => batch.check(limits),
+            ClientRequest::Trim { log, .. } | ClientRequest::FindTime { log, .. } => user_log(log),
+            ClientRequest::DataSize {
+                log,
+                from_ms,
+                until_ms,
+            } => {
+                user_log(log)?;
+                if from_ms > until_ms {
+                    return Err(format!("empty time range {from_ms}..{until_ms}"));
+                }
+                Ok(())
+            }
+            ClientRequest::StartRead {
+                log,
+                from,
+                until,
+                window_until,
+                filter,
+            } => {
+                user_log(log)?;
+                if from > until || window_until < from {
+                    return Err(format!(
+                        "bad read range {from}..={until} (window until {window_until})"
+                    ));
+                }
+                filter.check()
+            }
+        }
+    }
+}
+
+super::wire_message!(ClientRequest, "ClientRequest");
+
+/// What a sequencer grants: LSNs and everything needed to place their copies.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Grant {
+    pub log: LogId,
+    /// The first granted LSN; the grant is `first ..= first + count − 1`, within one epoch.
+    pub first: Lsn,
+    pub count: u32,
+    pub node_set: NodeSet,
+    pub replication: u8,
+    pub durability: Durability,
+    /// The epoch's last known good ESN at grant time.
+    pub lng: Esn,
+    /// The timestamp the sequencer assigns to the granted records.
+    pub timestamp_ms: u64,
+    /// The sequencer's node, for completion reports.
+    pub sequencer: NodeId,
+}
+
+/// A node's answer to a [`ClientRequest`], or a message pushed on a read stream.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ClientResponse {
+    ClusterState {
+        nodes: Vec<NodeInfo>,
+        version: u64,
+    },
+    LogMetadata(LogMetadata),
+    LogCreated,
+    Granted(Grant),
+    /// Ask `owner` instead: it is the log's sequencer.
+    Redirect {
+        owner: NodeId,
+    },
+    /// The sequencer's window is full: back off and retry (backpressure).
+    SeqNoBufs,
+    /// The sequencer of this epoch was replaced (sealed at `seal`).
+    Preempted {
+        seal: Epoch,
+    },
+    StoreResult(StoreStatus),
+    Ack,
+    Trimmed {
+        trim_point: Lsn,
+    },
+    FoundTime {
+        lsn: Lsn,
+    },
+    Tail {
+        lsn: Lsn,
+    },
+    DataSize {
+        bytes: u64,
+    },
+    /// (Read stream) records in increasing LSN order.
+    Records(Vec<ReadRecord>),
+    /// (Read stream) the node has nothing of kind `kind` in `from ..= to`.
+    Gap {
+        kind: GapKind,
+        from: Lsn,
+        to: Lsn,
+    },
+    /// (Read stream) the node reached `until`; the stream is over.
+    ReadDone,
+    /// An application-level error.
+    Error(RemoteError),
+}
+
+impl ClientResponse {
+    fn check(&self, limits: &Limits) -> Result<(), String> {
+        match self {
+            ClientResponse::ClusterState { nodes, .. } if nodes.len() > 4096 => {
+                Err(format!("{} nodes in cluster state", nodes.len()))
+            }
+            ClientResponse::Granted(g) => {
+                if g.count == 0 || g.count > MAX_GRANT || g.node_set.len() > Copyset::MAX {
+                    return Err(format!(
+                        "bad grant of {} LSNs over {} nodes",
+                        g.count,
+                        g.node_set.len()
+                    ));
+                }
+                if g.replication == 0 || g.replication as usize > g.node_set.len() {
+                    return Err(format!(
+                        "replication {} over {} nodes",
+                        g.replication,
+                        g.node_set.len()
+                    ));
+                }
+                Ok(())
+            }
+            ClientResponse::Records(records) => {
+                if records.len() > MAX_READ_BATCH {
+                    return Err(format!("{} records in one read message", records.len()));
+                }
+                let mut prev = Lsn::INVALID;
+                for r in records {
+                    r.check(limits)?;
+                    if r.header.lsn <= prev {
+                        return Err(format!("read records out of order at {}", r.header.lsn));
+                    }
+                    prev = r.header.lsn;
+                }
+                Ok(())
+            }
+            ClientResponse::Gap { from, to, .. } if from > to => {
+                Err(format!("gap {from}..={to} is empty"))
+            }
+            ClientResponse::Error(e) => e.check(limits),
+            _ => Ok(()),
+        }
+    }
+}
+
+super::wire_message!(ClientResponse, "ClientResponse");

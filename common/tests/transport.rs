@@ -1,0 +1,411 @@
+//! The QUIC transport on loopback with real certificates: many concurrent requests, mutual TLS
+//! refusal, frame limits that end one stream only, deadlines, push streams, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_common::transport::{
+    ClientProtocol, Connector, RequestContext, Server, ServerStream, Service, TlsIdentity,
+    TransportConfig, TransportError, generate_cluster_certs,
+};
+use tally_common::wire::client::{ClientRequest, ClientResponse};
+use tally_common::wire::{ErrorCode, ReadFilter, StoreBatch, StoreRecord, StoreStatus};
+use tally_common::{Copyset, Durability, Epoch, Esn, Limits, LogId, Lsn, NodeId, RecordFlags};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Answers `GetTail{log}` with `Tail{log * 7}`, stores with `Stored`, never answers `Trim`
+/// (to exercise deadlines), and holds `GetLogMetadata` until released (for shutdown).
+struct TestService {
+    entered: mpsc::UnboundedSender<()>,
+    release: Arc<Notify>,
+}
+
+impl Service<ClientProtocol> for TestService {
+    async fn call(&self, _ctx: RequestContext, req: ClientRequest) -> ClientResponse {
+        match req {
+            ClientRequest::GetTail { log } => ClientResponse::Tail {
+                lsn: Lsn(log.0 * 7),
+            },
+            ClientRequest::Store(_) => ClientResponse::StoreResult(StoreStatus::Stored),
+            ClientRequest::Trim { .. } => std::future::pending().await,
+            ClientRequest::GetLogMetadata { .. } => {
+                let _ = self.entered.send(());
+                self.release.notified().await;
+                ClientResponse::Ack
+            }
+            _ => ClientResponse::Ack,
+        }
+    }
+
+    async fn open(
+        &self,
+        _ctx: RequestContext,
+        req: ClientRequest,
+        mut stream: ServerStream<ClientProtocol>,
+    ) {
+        let ClientRequest::StartRead { from, until, .. } = req else {
+            stream
+                .reject(tally_common::wire::RemoteError::new(
+                    ErrorCode::BadRequest,
+                    "not a read",
+                ))
+                .await;
+            return;
+        };
+        // Push one gap per LSN up to the window, then wait for the client to widen it.
+        let mut next = from;
+        let mut window = from;
+        while next <= until {
+            if next > window {
+                match stream.next_control().await {
+                    Ok(Some(ClientRequest::ReadWindow { until })) => window = until,
+                    _ => return,
+                }
+                continue;
+            }
+            let gap = ClientResponse::Gap {
+                kind: tally_common::wire::GapKind::NoRecords,
+                from: next,
+                to: next,
+            };
+            if stream.push(&gap).await.is_err() {
+                return;
+            }
+            next = next.next();
+        }
+        let _ = stream.push(&ClientResponse::ReadDone).await;
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    certs: std::path::PathBuf,
+    server: Option<Server>,
+    addr: SocketAddr,
+    entered: mpsc::UnboundedReceiver<()>,
+    release: Arc<Notify>,
+}
+
+fn server_limits() -> Limits {
+    // Small frames on the server so the over-limit test needs little data.
+    Limits {
+        max_payload_bytes: 64 * 1024,
+        max_frame_bytes: 128 * 1024,
+        ..Limits::default()
+    }
+}
+
+fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    generate_cluster_certs(&certs, "test", &["127.0.0.1".to_owned()]).unwrap();
+    let identity = TlsIdentity::load(&certs, "node").unwrap();
+    let (tx, entered) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let service = Arc::new(TestService {
+        entered: tx,
+        release: release.clone(),
+    });
+    let config = TransportConfig {
+        limits: server_limits(),
+        ..TransportConfig::default()
+    };
+    let server = Server::builder(config, identity)
+        .service::<ClientProtocol, _>(service)
+        .bind("127.0.0.1:0".parse().unwrap(), CancellationToken::new())
+        .unwrap();
+    let addr = server.local_addr();
+    Fixture {
+        _dir: dir,
+        certs,
+        server: Some(server),
+        addr,
+        entered,
+        release,
+    }
+}
+
+fn client(certs: &std::path::Path) -> Connector<ClientProtocol> {
+    let identity = TlsIdentity::load(certs, "client").unwrap();
+    // The client allows larger frames than the server, so the server's limit is what refuses.
+    let limits = Limits {
+        max_payload_bytes: 4 << 20,
+        max_frame_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    Connector::bind(
+        &identity,
+        TransportConfig {
+            limits,
+            ..TransportConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap()
+}
+
+const T: Duration = Duration::from_secs(10);
+
+fn is_timeout(e: &TransportError) -> bool {
+    matches!(e, TransportError::Timeout(_))
+        || matches!(e, TransportError::Remote(r) if r.code == ErrorCode::Timeout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_requests_over_sixteen_streams() {
+    let fx = start();
+    let client = Arc::new(client(&fx.certs));
+    let mut tasks = Vec::new();
+    for worker in 0..16u64 {
+        let client = client.clone();
+        let addr = fx.addr;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..625u64 {
+                let log = LogId(1 + worker * 1000 + i);
+                let resp = client
+                    .call(addr, &ClientRequest::GetTail { log }, T)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    resp,
+                    ClientResponse::Tail {
+                        lsn: Lsn(log.0 * 7)
+                    }
+                );
+            }
+            625u64
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap();
+    }
+    assert_eq!(answered, 10_000);
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let fx = start();
+    let other = tempfile::tempdir().unwrap();
+    generate_cluster_certs(other.path(), "other", &[]).unwrap();
+    // Trusts the right CA, but presents a certificate signed by another one.
+    let foreign = TlsIdentity::load(other.path(), "client").unwrap();
+    let mine = TlsIdentity::load(&fx.certs, "client").unwrap();
+    let identity = TlsIdentity {
+        roots: mine.roots.clone(),
+        chain: foreign.chain,
+        key: foreign.key,
+    };
+    let intruder = Connector::<ClientProtocol>::bind(
+        &identity,
+        TransportConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let err = intruder
+        .call(fx.addr, &ClientRequest::GetTail { log: LogId(1) }, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Connect { .. } | TransportError::ConnectionLost(_)
+        ),
+        "expected a refused connection, got {err:?}"
+    );
+    // A server certificate from another CA is refused by the client too.
+    let distrusting = TlsIdentity {
+        roots: foreign_roots(other.path()),
+        ..mine
+    };
+    let c = Connector::<ClientProtocol>::bind(
+        &distrusting,
+        TransportConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let err = c
+        .call(fx.addr, &ClientRequest::GetTail { log: LogId(1) }, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Connect { .. }),
+        "expected a refused server, got {err:?}"
+    );
+    // The rightful client is still served.
+    let ok = client(&fx.certs);
+    assert_eq!(
+        ok.call(fx.addr, &ClientRequest::GetTail { log: LogId(2) }, T)
+            .await
+            .unwrap(),
+        ClientResponse::Tail { lsn: Lsn(14) }
+    );
+}
+
+fn foreign_roots(dir: &std::path::Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    TlsIdentity::load(dir, "client").unwrap().roots
+}
+
+fn store(payload_bytes: usize) -> ClientRequest {
+    let payload = vec![7u8; payload_bytes];
+    ClientRequest::Store(StoreBatch {
+        log: LogId(1),
+        copyset: Copyset::new(vec![NodeId(1), NodeId(2)]).unwrap(),
+        wave_or_seal: 1,
+        flags: RecordFlags::NONE,
+        durability: Durability::Durable,
+        lng: Esn(0),
+        records: vec![StoreRecord {
+            lsn: Lsn::new(Epoch(1), Esn(1)),
+            timestamp_ms: 1,
+            payload_crc32: tally_common::payload_crc32(&payload),
+            payload,
+        }],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_is_refused_and_other_streams_keep_working() {
+    let fx = start();
+    let client = Arc::new(client(&fx.certs));
+    // A stream that is open while the big frame is refused.
+    let (mut reader, first) = {
+        let req = ClientRequest::StartRead {
+            log: LogId(1),
+            from: Lsn(1),
+            until: Lsn(4),
+            window_until: Lsn(1),
+            filter: ReadFilter::default(),
+        };
+        let mut s = client.open(fx.addr, &req, T).await.unwrap();
+        let first = s.next().await.unwrap();
+        (s, first)
+    };
+    assert!(matches!(first, Some(ClientResponse::Gap { .. })));
+
+    let small = client.call(fx.addr, &store(1024), T).await.unwrap();
+    assert_eq!(small, ClientResponse::StoreResult(StoreStatus::Stored));
+
+    let err = client.call(fx.addr, &store(1 << 20), T).await.unwrap_err();
+    match &err {
+        TransportError::Remote(e) => {
+            assert_eq!(e.code, ErrorCode::TooLarge);
+            assert!(
+                e.message.contains("exceeds the limit of 131072 bytes"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a TooLarge refusal, got {other:?}"),
+    }
+
+    // Same connection: the open stream and new requests still work.
+    reader
+        .control(&ClientRequest::ReadWindow { until: Lsn(4) })
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(msg) = reader.next().await.unwrap() {
+        rest.push(msg);
+    }
+    assert_eq!(rest.len(), 4, "3 more gaps and ReadDone: {rest:?}");
+    assert_eq!(rest.last(), Some(&ClientResponse::ReadDone));
+    let again = client
+        .call(fx.addr, &ClientRequest::GetTail { log: LogId(3) }, T)
+        .await
+        .unwrap();
+    assert_eq!(again, ClientResponse::Tail { lsn: Lsn(21) });
+
+    // A request the client itself cannot send is refused locally, before any I/O.
+    let huge = store(9 << 20);
+    let err = client.call(fx.addr, &huge, T).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::FrameTooLarge { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn request_past_its_deadline_times_out() {
+    let fx = start();
+    let client = client(&fx.certs);
+    let err = client
+        .call(
+            fx.addr,
+            &ClientRequest::Trim {
+                log: LogId(1),
+                upto: Lsn(5),
+            },
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert!(is_timeout(&err), "expected a timeout, got {err:?}");
+    assert!(err.may_have_been_applied());
+    // The connection is still good afterwards.
+    let ok = client
+        .call(fx.addr, &ClientRequest::GetTail { log: LogId(1) }, T)
+        .await
+        .unwrap();
+    assert_eq!(ok, ClientResponse::Tail { lsn: Lsn(7) });
+}
+
+#[tokio::test]
+async fn connecting_to_nobody_fails_within_the_deadline() {
+    // A bound but silent UDP socket: the handshake never completes.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    generate_cluster_certs(dir.path(), "test", &[]).unwrap();
+    let client = client(dir.path());
+    let started = tokio::time::Instant::now();
+    let err = client
+        .call(
+            silent.local_addr().unwrap(),
+            &ClientRequest::GetClusterState,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Timeout(_) | TransportError::Connect { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the deadline bounds the call"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut fx = start();
+    let client = Arc::new(client(&fx.certs));
+    let c = client.clone();
+    let addr = fx.addr;
+    let in_flight = tokio::spawn(async move {
+        c.call(addr, &ClientRequest::GetLogMetadata { log: LogId(1) }, T)
+            .await
+    });
+    // Wait until the handler runs, then shut down while it is still working.
+    fx.entered.recv().await.unwrap();
+    let server = fx.server.take().unwrap();
+    let shutdown = tokio::spawn(server.shutdown());
+    fx.release.notify_one();
+    assert_eq!(in_flight.await.unwrap().unwrap(), ClientResponse::Ack);
+    shutdown.await.unwrap();
+    // After shutdown nothing answers.
+    let err = client
+        .call(
+            addr,
+            &ClientRequest::GetTail { log: LogId(1) },
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}

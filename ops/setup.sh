@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tally needs on a Debian machine, when missing.
+# Safe to re-run: it installs only absent packages and tools.
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in clang libclang-dev protobuf-compiler etcd-server etcd-client; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
+
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+else
+  echo "setup: system packages present"
+fi
+
+# The test runner; the project machine ships it, a fresh one may not.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+for tool in etcd etcdctl protoc clang; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
+done
+echo "setup: done"

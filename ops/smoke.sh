@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Short runs of the benchmarks, so CI proves they still work. Full runs: docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}"
+out="${TMPDIR:-/tmp}/tally-smoke"
+mkdir -p "$out"
+cargo run -q -p tally -- --version
+cargo bench -q -p tally-benches --bench wire -- --test

@@ -1,0 +1,27 @@
+//! `tally bench …`: benchmarks that print a table and can write JSON.
+
+use clap::{Args, Subcommand};
+
+mod epochstore;
+mod storage;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// LogsDB against raw RocksDB: unsynced and synced writes, sequential reads.
+    Storage(storage::StorageBenchArgs),
+    /// Epoch store activation latency (etcd started locally, or the file store).
+    Epochstore(epochstore::EpochstoreBenchArgs),
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Storage(a) => storage::run(a),
+        BenchCommand::Epochstore(a) => epochstore::run(a),
+    }
+}
