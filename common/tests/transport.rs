@@ -409,3 +409,50 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
+
+/// A peer speaking another protocol version gets a clear, typed refusal on that stream.
+#[tokio::test]
+async fn unknown_protocol_version_is_refused_clearly() {
+    use tally_common::wire::{
+        FRAME_HEADER_BYTES, FrameHeader, FrameKind, RemoteError, WireMessage,
+    };
+    let fx = start();
+    let identity = TlsIdentity::load(&fx.certs, "client").unwrap();
+    let tls = tally_common::transport::tls::client_config(
+        &identity,
+        tally_common::transport::ALPN_CLIENT,
+    )
+    .unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint
+        .connect(fx.addr, tally_common::transport::NODE_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let body = ClientRequest::GetClusterState.encode().unwrap();
+    let mut header = FrameHeader {
+        body_len: body.len() as u32,
+        version: tally_common::wire::PROTOCOL_VERSION,
+        kind: FrameKind::Request,
+        timeout_ms: 1000,
+    }
+    .encode();
+    header[4..6].copy_from_slice(&99u16.to_be_bytes());
+    send.write_all(&header).await.unwrap();
+    let _ = send.write_all(&body).await;
+    let _ = send.finish();
+    let answer = recv.read_to_end(1 << 16).await.unwrap();
+    let head: [u8; FRAME_HEADER_BYTES] = answer[..FRAME_HEADER_BYTES].try_into().unwrap();
+    let head = FrameHeader::decode(&head, 1 << 16).unwrap();
+    assert_eq!(head.kind, FrameKind::Error);
+    let err = RemoteError::decode(&answer[FRAME_HEADER_BYTES..], &Limits::default()).unwrap();
+    assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+    assert!(
+        err.message.contains("unsupported protocol version 99"),
+        "{}",
+        err.message
+    );
+}
