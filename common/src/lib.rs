@@ -10,6 +10,7 @@
 pub mod ids;
 pub mod limits;
 pub mod meta;
+pub mod quorum;
 pub mod record;
 pub mod transport;
 pub mod wire;

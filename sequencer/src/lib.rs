@@ -1,1 +1,16 @@
-//! placeholder
+//! The sequencer role (DESIGN §5): hands out LSNs of a log in its current epoch, tracks their
+//! completion, advances the last known good ESN and the release point, and hands abandoned LSNs
+//! and ESN exhaustion to a new epoch. It never sees payload bytes: clients place copies.
+//!
+//! Layout: `window` (one epoch's sliding window of granted / completed ESNs), `log_sequencer`
+//! (the per-log state machine: grants, reports, releases, preemption, reactivation). Both are
+//! pure — events in, actions out — so the simulator drives the same code as the server. The
+//! runtime (placement, activation through the epoch store, the network service) builds on them.
+
+pub mod log_sequencer;
+pub mod window;
+
+pub use log_sequencer::{
+    Action, Activation, LogSequencer, ReactivateReason, SequenceOutcome, SequencerTiming,
+};
+pub use window::{CompleteError, EpochWindow, GrantError};
