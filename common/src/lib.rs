@@ -9,6 +9,7 @@
 
 pub mod ids;
 pub mod limits;
+pub mod placement;
 pub mod meta;
 pub mod quorum;
 pub mod record;
