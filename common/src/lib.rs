@@ -9,8 +9,8 @@
 
 pub mod ids;
 pub mod limits;
-pub mod placement;
 pub mod meta;
+pub mod placement;
 pub mod quorum;
 pub mod record;
 pub mod transport;
