@@ -3,11 +3,14 @@
 //! and ESN exhaustion to a new epoch. It never sees payload bytes: clients place copies.
 //!
 //! Layout: `window` (one epoch's sliding window of granted / completed ESNs), `log_sequencer`
-//! (the per-log state machine: grants, reports, releases, preemption, reactivation). Both are
-//! pure — events in, actions out — so the simulator drives the same code as the server. The
-//! runtime (placement, activation through the epoch store, the network service) builds on them.
+//! (the per-log state machine: grants, reports, releases, preemption, reactivation),
+//! `recovery` (sealing, digesting and repairing the epochs an activation inherits: re-replicate
+//! or plug each uncertain ESN, bridge, clean, last clean epoch). All are pure — events in,
+//! actions out — so the simulator drives the same code as the server. The runtime (placement,
+//! activation through the epoch store, the network service) builds on them.
 
 pub mod log_sequencer;
+pub mod recovery;
 pub mod window;
 
 pub use log_sequencer::{
