@@ -7,3 +7,4 @@ out="${TMPDIR:-/tmp}/tally-smoke"
 mkdir -p "$out"
 cargo run -q -p tally -- --version
 cargo bench -q -p tally-benches --bench wire -- --test
+cargo run -q -p tally -- bench epochstore --quick --json "$out/epochstore.json"
