@@ -1,0 +1,175 @@
+//! The vocabulary of the read stream: its configuration, what it delivers to the application
+//! ([`Delivery`]: records and typed gaps), what it asks of the runtime ([`Action`]: open, slide,
+//! close and rewind streams, fetch metadata, report stalls), the [`StreamId`] that tells a
+//! stream's incarnations apart, and its counters.
+
+use std::time::Duration;
+
+use tally_common::wire::client::ClientRequest;
+use tally_common::wire::{GapKind, ReadFilter, ReadRecord};
+use tally_common::{Epoch, LogId, Lsn, NodeId};
+
+/// What to read and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadStreamConfig {
+    pub log: LogId,
+    /// First LSN to deliver (inclusive).
+    pub from: Lsn,
+    /// Last LSN to deliver (inclusive); [`Lsn::MAX`] to follow the log forever.
+    pub until: Lsn,
+    /// LSNs each node may ship beyond what the application has consumed (bounded buffering).
+    pub window: u64,
+    /// How long to wait for the rest of the node set once an f-majority proved absence.
+    pub grace: Duration,
+    /// Single-copy delivery: each record is shipped by one node of its copyset.
+    pub single_copy: bool,
+    /// Seed for the nodes' copyset shuffle in single-copy mode.
+    pub shuffle_seed: u64,
+}
+
+impl ReadStreamConfig {
+    pub const DEFAULT_WINDOW: u64 = 512;
+    pub const DEFAULT_GRACE: Duration = Duration::from_millis(100);
+
+    /// All-send-all read of `from ..= until` with default window and grace period.
+    pub fn new(log: LogId, from: Lsn, until: Lsn) -> ReadStreamConfig {
+        ReadStreamConfig {
+            log,
+            from,
+            until,
+            window: Self::DEFAULT_WINDOW,
+            grace: Self::DEFAULT_GRACE,
+            single_copy: false,
+            shuffle_seed: 0,
+        }
+    }
+}
+
+/// Why a read stream cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadStreamError {
+    #[error("empty read range {from}..={until}")]
+    EmptyRange { from: Lsn, until: Lsn },
+    #[error("the read window must be at least one LSN")]
+    ZeroWindow,
+}
+
+/// One incarnation of a node's read stream. A rewind or reconnect makes a new one, so late
+/// messages of the old one can be told apart and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    pub node: NodeId,
+    pub incarnation: u64,
+}
+
+/// What the application receives, in strictly increasing LSN order with no LSN left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Record(ReadRecord),
+    /// No record in `from ..= to`, for the reason `kind` (never `NoRecords`).
+    Gap {
+        kind: GapKind,
+        from: Lsn,
+        to: Lsn,
+    },
+}
+
+impl Delivery {
+    /// First LSN covered.
+    pub fn from(&self) -> Lsn {
+        match self {
+            Delivery::Record(r) => r.header.lsn,
+            Delivery::Gap { from, .. } => *from,
+        }
+    }
+
+    /// Last LSN covered.
+    pub fn to(&self) -> Lsn {
+        match self {
+            Delivery::Record(r) => r.header.lsn,
+            Delivery::Gap { to, .. } => *to,
+        }
+    }
+}
+
+/// Why the stream was rewound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewindReason {
+    /// A node went down or came back while in single-copy mode.
+    DownNodesChanged,
+    /// Single-copy delivery saw an apparent gap; checking in all-send-all mode.
+    SuspectedGap,
+    /// The suspected gap is behind us: back to single-copy delivery.
+    BackToSingleCopy,
+}
+
+/// What the runtime must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `StartRead` to `stream.node` (see [`Action::request`]).
+    OpenStream {
+        stream: StreamId,
+        from: Lsn,
+        until: Lsn,
+        window_until: Lsn,
+        filter: ReadFilter,
+    },
+    /// Send `ReadWindow { until }` on the stream.
+    SendWindow { stream: StreamId, until: Lsn },
+    /// Send `StopRead` and drop the stream; ignore whatever else it sends.
+    CloseStream { stream: StreamId },
+    /// Informational (logs, metrics): every stream was reopened from `from`. The
+    /// `CloseStream` / `OpenStream` actions that do it follow.
+    Rewind {
+        from: Lsn,
+        single_copy: bool,
+        known_down: Vec<NodeId>,
+        reason: RewindReason,
+    },
+    /// The node set of `epoch` is needed: fetch the log's metadata and call
+    /// [`ReadStream::on_epoch_metadata`](super::ReadStream::on_epoch_metadata).
+    FetchMetadata { epoch: Epoch },
+    /// The reader cannot decide `at` without nodes it cannot hear from; it waits (reported
+    /// again whenever the position or the set changes).
+    Stalled { at: Lsn, waiting_for: Vec<NodeId> },
+    /// Every LSN up to `until` was delivered; all streams are closed.
+    Done,
+}
+
+impl Action {
+    /// The wire request that carries a stream action, if it is one.
+    pub fn request(&self, log: LogId) -> Option<ClientRequest> {
+        match self {
+            Action::OpenStream {
+                from,
+                until,
+                window_until,
+                filter,
+                ..
+            } => Some(ClientRequest::StartRead {
+                log,
+                from: *from,
+                until: *until,
+                window_until: *window_until,
+                filter: filter.clone(),
+            }),
+            Action::SendWindow { until, .. } => Some(ClientRequest::ReadWindow { until: *until }),
+            Action::CloseStream { .. } => Some(ClientRequest::StopRead),
+            _ => None,
+        }
+    }
+}
+
+/// Counters for observability and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Copies dropped because the LSN was already buffered or delivered.
+    pub duplicates: u64,
+    /// Copies dropped because their checksum (or log, or flags) was wrong.
+    pub bad_copies: u64,
+    /// Messages of streams that were already closed.
+    pub stale_messages: u64,
+    /// Records beyond the stream's window or `until` (a misbehaving node).
+    pub out_of_window: u64,
+    pub rewinds: u64,
+}
