@@ -8,3 +8,4 @@ mkdir -p "$out"
 cargo run -q -p tally -- --version
 cargo bench -q -p tally-benches --bench wire -- --test
 cargo run -q -p tally -- bench epochstore --quick --json "$out/epochstore.json"
+cargo run -q -p tally -- bench storage --quick --json "$out/storage.json"

@@ -1,0 +1,163 @@
+//! Write operations sent to the writer thread, their results, and [`Ticket`], the handle on
+//! one operation's acknowledgement (awaitable from async code, or waited on from a thread).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use tally_common::{Durability, Epoch, Esn, LogId, Lsn, RecordHeader};
+use tokio::sync::oneshot;
+
+use super::directory::PartitionId;
+use super::error::LogsDbError;
+use super::retention::RetentionReport;
+
+/// A record ready for the writer: its header and its value already encoded (by the caller's
+/// thread, so the writer thread only merges and writes).
+#[derive(Debug)]
+pub(crate) struct PreparedRecord {
+    pub header: RecordHeader,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Op {
+    Store(Vec<PreparedRecord>),
+    Seal {
+        log: LogId,
+        epoch: Epoch,
+    },
+    Trim {
+        log: LogId,
+        lsn: Lsn,
+    },
+    SetLastReleased {
+        log: LogId,
+        lsn: Lsn,
+    },
+    SetLastCleanEpoch {
+        log: LogId,
+        epoch: Epoch,
+    },
+    SetEpochLng {
+        log: LogId,
+        epoch: Epoch,
+        lng: Esn,
+    },
+    /// Apply time-based retention (backlog per log, ms) and drop dead partitions.
+    Retention {
+        backlogs_ms: BTreeMap<LogId, u64>,
+    },
+    /// Start a new partition now.
+    Roll,
+}
+
+impl Op {
+    /// Operations that create or drop column families run alone, after the batch before them.
+    pub(crate) fn is_barrier(&self) -> bool {
+        matches!(self, Op::Retention { .. } | Op::Roll)
+    }
+
+    pub(crate) fn value_bytes(&self) -> usize {
+        match self {
+            Op::Store(records) => records.iter().map(|r| r.value.len()).sum(),
+            _ => 64,
+        }
+    }
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<OpResult, LogsDbError>>;
+
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub op: Op,
+    pub durability: Durability,
+    pub reply: Reply,
+}
+
+/// The result of a trim: the trim point now in force, and whether this call moved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrimOutcome {
+    pub trim_point: Lsn,
+    pub advanced: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum OpResult {
+    Done,
+    Sealed(Epoch),
+    Trimmed(TrimOutcome),
+    Retention(RetentionReport),
+    Rolled(PartitionId),
+}
+
+/// The pending acknowledgement of one write operation.
+pub struct Ticket<T> {
+    rx: oneshot::Receiver<Result<OpResult, LogsDbError>>,
+    map: fn(OpResult) -> T,
+}
+
+impl<T> fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket").finish_non_exhaustive()
+    }
+}
+
+impl<T> Ticket<T> {
+    pub(crate) fn new(
+        rx: oneshot::Receiver<Result<OpResult, LogsDbError>>,
+        map: fn(OpResult) -> T,
+    ) -> Self {
+        Ticket { rx, map }
+    }
+
+    /// Waits for the acknowledgement from async code (never blocks the executor).
+    pub async fn wait_async(self) -> Result<T, LogsDbError> {
+        let r = self.rx.await.map_err(|_| LogsDbError::Closed)?;
+        r.map(self.map)
+    }
+
+    /// Waits for the acknowledgement on the calling thread. Not for async contexts.
+    pub fn wait(self) -> Result<T, LogsDbError> {
+        let mut rx = self.rx;
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                rx.blocking_recv().map_err(|_| LogsDbError::Closed)?
+            }
+            Err(oneshot::error::TryRecvError::Closed) => return Err(LogsDbError::Closed),
+        };
+        r.map(self.map)
+    }
+}
+
+// Result mappings for tickets (the writer answers each operation with its own variant).
+
+pub(crate) fn done(_: OpResult) {}
+
+pub(crate) fn sealed(r: OpResult) -> Epoch {
+    match r {
+        OpResult::Sealed(e) => e,
+        other => unreachable!("seal answered {other:?}"),
+    }
+}
+
+pub(crate) fn trimmed(r: OpResult) -> TrimOutcome {
+    match r {
+        OpResult::Trimmed(t) => t,
+        other => unreachable!("trim answered {other:?}"),
+    }
+}
+
+pub(crate) fn retention(r: OpResult) -> RetentionReport {
+    match r {
+        OpResult::Retention(rep) => rep,
+        other => unreachable!("retention answered {other:?}"),
+    }
+}
+
+pub(crate) fn rolled(r: OpResult) -> PartitionId {
+    match r {
+        OpResult::Rolled(p) => p,
+        other => unreachable!("roll answered {other:?}"),
+    }
+}

@@ -1,0 +1,609 @@
+//! [`LogsDb`]: opening (lock, identity, column families, metadata, clean-shutdown marker),
+//! the write API (async and blocking, all through the writer thread) and the read API
+//! (iterators, metadata, `find_time`, `data_size`), and closing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::thread::JoinHandle;
+
+use rocksdb::ColumnFamilyDescriptor;
+use tally_common::{
+    ChecksumMismatch, Durability, Epoch, Esn, LogId, Lsn, RecordFlags, payload_crc32,
+};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
+
+use super::Db;
+use super::clock::Clock;
+use super::config::{LogsDbConfig, db_options, meta_cf_options, partition_cf_options};
+use super::directory::{DirEntry, PartitionId, PartitionInfo};
+use super::error::{CorruptKind, LogsDbError};
+use super::identity::{DirLock, NodeIdentity};
+use super::keys::{self, MetaTag};
+use super::log_meta::LogMeta;
+use super::open::{load_meta, reconcile_partitions};
+use super::query::{self, FindTimeAccuracy};
+use super::reader::{CopysetIterator, LogIterator};
+use super::request::{
+    Op, OpResult, PreparedRecord, Request, Ticket, TrimOutcome, done, retention, rolled, sealed,
+    trimmed,
+};
+use super::retention::RetentionReport;
+use super::shared::{META_CF, Shared, View, WriteStats, run_syncer, sync_write_opts};
+use super::value::{self, LogRecord};
+use super::writer::Writer;
+
+const SCHEMA_VERSION: u32 = 1;
+
+/// What opening found about the previous run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The directory held no database before this open.
+    pub fresh: bool,
+    /// The previous run did not close cleanly (crash, kill, power loss).
+    pub unclean_shutdown: bool,
+    /// The previous run acknowledged `fast` (unsynced) writes and did not close cleanly: some
+    /// acknowledged records may be missing, so this node's "no record" for its recent range
+    /// must be treated as "unknown" until repaired (DESIGN §7). Reported until a run closes
+    /// cleanly: the server must act on it (record the range for repair) while it runs.
+    pub recent_range_uncertain: bool,
+}
+
+/// The local log store of a storage node. See the module docs of `logsdb`.
+#[derive(Debug)]
+pub struct LogsDb {
+    // Field order is drop order: the database closes before the directory lock is released.
+    shared: Arc<Shared>,
+    tx: Option<tokio::sync::mpsc::Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
+    report: OpenReport,
+    _lock: DirLock,
+}
+
+fn put_meta_synced(db: &Db, key: Vec<u8>, value: &[u8]) -> Result<(), LogsDbError> {
+    let cf = db
+        .cf_handle(META_CF)
+        .expect("meta column family is opened with the database");
+    db.put_cf_opt(&cf, key, value, &sync_write_opts())?;
+    Ok(())
+}
+
+impl LogsDb {
+    /// Opens (creating if needed) the LogsDB in `dir` for node `identity`.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        identity: &NodeIdentity,
+        config: LogsDbConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<LogsDb, LogsDbError> {
+        config.validate()?;
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| LogsDbError::io(dir, e))?;
+        let lock = DirLock::acquire(dir)?;
+        let db_path: PathBuf = dir.join("db");
+        let fresh = !db_path.join("CURRENT").exists();
+        identity.check_or_create(dir, !fresh)?;
+
+        let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
+        let opts = db_options(&config);
+        let partition_opts = partition_cf_options(&config, &cache);
+        let existing = if fresh {
+            Vec::new()
+        } else {
+            Db::list_cf(&opts, &db_path)?
+        };
+        let mut descriptors = vec![ColumnFamilyDescriptor::new(
+            META_CF,
+            meta_cf_options(&cache),
+        )];
+        let mut cf_partitions = Vec::new();
+        for name in &existing {
+            if let Some(pid) = PartitionId::from_cf_name(name) {
+                descriptors.push(ColumnFamilyDescriptor::new(name, partition_opts.clone()));
+                cf_partitions.push(pid);
+            }
+        }
+        let db = Db::open_cf_descriptors(&opts, &db_path, descriptors)?;
+        let (mut dir_state, logs, run_state, schema) = load_meta(&db)?;
+        match schema {
+            None => put_meta_synced(
+                &db,
+                keys::meta_key(MetaTag::Schema),
+                &SCHEMA_VERSION.to_be_bytes(),
+            )?,
+            Some(SCHEMA_VERSION) => {}
+            Some(_) => {
+                return Err(LogsDbError::CorruptMeta(CorruptKind::Meta(
+                    "unknown schema version",
+                )));
+            }
+        }
+        reconcile_partitions(&db, &mut dir_state, &cf_partitions)?;
+        if dir_state.partitions.is_empty() {
+            let pid = PartitionId(1);
+            db.create_cf(pid.cf_name(), &partition_opts)?;
+            let created_ms = clock.now_ms();
+            put_meta_synced(&db, keys::partition_key(pid), &created_ms.to_be_bytes())?;
+            dir_state.partitions.insert(
+                pid,
+                PartitionInfo {
+                    id: pid,
+                    created_ms,
+                    bytes: 0,
+                },
+            );
+        }
+        let (clean, fast_used) = run_state.unwrap_or((true, false));
+        let report = OpenReport {
+            fresh,
+            unclean_shutdown: !fresh && !clean,
+            recent_range_uncertain: !fresh && !clean && fast_used,
+        };
+        if report.unclean_shutdown {
+            tracing::warn!(?report, "LogsDB was not closed cleanly");
+        }
+        // Dirty until a clean close. An uncertain range is carried over, so that a crash of
+        // this run too still reports it; a clean close clears it (the server acts on the flag
+        // while it runs, e.g. by recording the range for repair).
+        put_meta_synced(
+            &db,
+            keys::meta_key(MetaTag::RunState),
+            &[0, u8::from(report.recent_range_uncertain)],
+        )?;
+
+        let shared = Arc::new(Shared {
+            db,
+            config: config.clone(),
+            clock,
+            view: RwLock::new(View {
+                dir: dir_state.clone(),
+                logs: logs.clone(),
+            }),
+            failure: OnceLock::new(),
+            partition_opts,
+            stats: Default::default(),
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(config.queue_capacity);
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
+        let writer = Writer::new(shared.clone(), rx, sync_tx, dir_state, logs);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| LogsDbError::io(dir, e))
+        };
+        let syncer_shared = shared.clone();
+        let threads = vec![
+            spawn("logsdb-writer", Box::new(move || writer.run()))?,
+            spawn(
+                "logsdb-syncer",
+                Box::new(move || run_syncer(syncer_shared, sync_rx)),
+            )?,
+        ];
+        Ok(LogsDb {
+            shared,
+            tx: Some(tx),
+            threads,
+            report,
+            _lock: lock,
+        })
+    }
+
+    /// What opening found about the previous run.
+    pub fn open_report(&self) -> OpenReport {
+        self.report
+    }
+
+    /// Write-path counters since open (group commit: `synced_replies / wal_syncs` replies
+    /// share one fsync on average).
+    pub fn write_stats(&self) -> WriteStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stops the writer after the queued writes, syncs the WAL and records a clean shutdown.
+    pub fn close(mut self) -> Result<(), LogsDbError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), LogsDbError> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        drop(tx);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                self.shared.fail("a LogsDB thread panicked".into());
+            }
+        }
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        self.shared.db.flush_wal(true)?;
+        put_meta_synced(&self.shared.db, keys::meta_key(MetaTag::RunState), &[1, 0])
+    }
+
+    // ---- writes ----
+
+    /// Validates and encodes records (limits before allocation), in the caller's thread.
+    fn prepare(&self, records: Vec<LogRecord>) -> Result<Vec<PreparedRecord>, LogsDbError> {
+        let config = &self.shared.config;
+        if records.len() > config.max_records_per_write {
+            return Err(LogsDbError::TooManyRecords {
+                count: records.len(),
+                max: config.max_records_per_write,
+            });
+        }
+        let mut prepared = Vec::with_capacity(records.len());
+        for r in records {
+            let h = &r.header;
+            let (log, lsn) = (h.log, h.lsn);
+            let invalid = |reason| LogsDbError::InvalidRecord { log, lsn, reason };
+            if log == LogId::INVALID {
+                return Err(invalid("log id 0"));
+            }
+            if !lsn.epoch().is_valid() || lsn.esn() == Esn::INVALID {
+                return Err(invalid("LSN with invalid epoch or ESN 0"));
+            }
+            if !h.flags.is_known() {
+                return Err(invalid("unknown flag bits"));
+            }
+            if r.payload.len() > config.max_payload_bytes {
+                return Err(LogsDbError::PayloadTooLarge {
+                    len: r.payload.len(),
+                    max: config.max_payload_bytes,
+                });
+            }
+            h.copyset
+                .validate()
+                .map_err(|source| LogsDbError::Copyset { log, lsn, source })?;
+            // One pass over the payload: its crc32 both verifies the client's checksum and
+            // seeds the value checksum.
+            let crc = payload_crc32(&r.payload);
+            if h.flags.contains(RecordFlags::AMEND) {
+                if !r.payload.is_empty() {
+                    return Err(invalid("an amendment carries no payload"));
+                }
+            } else if crc != h.payload_crc32 {
+                let source = ChecksumMismatch {
+                    expected: h.payload_crc32,
+                    actual: crc,
+                };
+                return Err(LogsDbError::PayloadChecksum { log, lsn, source });
+            }
+            let value = value::encode_new_with_crc(&r, crc);
+            prepared.push(PreparedRecord {
+                header: r.header,
+                value,
+            });
+        }
+        Ok(prepared)
+    }
+
+    fn request(
+        &self,
+        op: Op,
+        durability: Durability,
+    ) -> Result<(Request, oneshot::Receiver<Result<OpResult, LogsDbError>>), LogsDbError> {
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        let (reply, rx) = oneshot::channel();
+        Ok((
+            Request {
+                op,
+                durability,
+                reply,
+            },
+            rx,
+        ))
+    }
+
+    async fn submit_async<T>(
+        &self,
+        op: Op,
+        durability: Durability,
+        map: fn(OpResult) -> T,
+    ) -> Result<Ticket<T>, LogsDbError> {
+        let (req, rx) = self.request(op, durability)?;
+        let tx = self.tx.as_ref().ok_or(LogsDbError::Closed)?;
+        tx.send(req).await.map_err(|_| LogsDbError::Closed)?;
+        Ok(Ticket::new(rx, map))
+    }
+
+    fn submit_blocking<T>(
+        &self,
+        op: Op,
+        durability: Durability,
+        map: fn(OpResult) -> T,
+    ) -> Result<Ticket<T>, LogsDbError> {
+        let (req, rx) = self.request(op, durability)?;
+        let tx = self.tx.as_ref().ok_or(LogsDbError::Closed)?;
+        // Fast path without entering a blocking context; wait only when the queue is full.
+        match tx.try_send(req) {
+            Ok(()) => {}
+            Err(TrySendError::Full(req)) => {
+                tx.blocking_send(req).map_err(|_| LogsDbError::Closed)?
+            }
+            Err(TrySendError::Closed(_)) => return Err(LogsDbError::Closed),
+        }
+        Ok(Ticket::new(rx, map))
+    }
+
+    /// Queues a store and returns its ticket without waiting for the acknowledgement, so one
+    /// caller can have many stores in flight. Waits only while the queue is full.
+    pub async fn submit_store(
+        &self,
+        records: Vec<LogRecord>,
+        durability: Durability,
+    ) -> Result<Ticket<()>, LogsDbError> {
+        let prepared = self.prepare(records)?;
+        self.submit_async(Op::Store(prepared), durability, |_| ())
+            .await
+    }
+
+    /// Stores records (all or none are accepted; see `preemption`) and waits for the
+    /// acknowledgement: after the WAL fsync for `Durable`, after the write for `Fast`. Several
+    /// writes to one LSN merge by precedence; records at or below the trim point are dropped.
+    pub async fn store(
+        &self,
+        records: Vec<LogRecord>,
+        durability: Durability,
+    ) -> Result<(), LogsDbError> {
+        self.submit_store(records, durability)
+            .await?
+            .wait_async()
+            .await
+    }
+
+    /// Blocking [`LogsDb::submit_store`], for threads outside an async runtime.
+    pub fn submit_store_blocking(
+        &self,
+        records: Vec<LogRecord>,
+        durability: Durability,
+    ) -> Result<Ticket<()>, LogsDbError> {
+        let prepared = self.prepare(records)?;
+        self.submit_blocking(Op::Store(prepared), durability, |_| ())
+    }
+
+    /// Blocking [`LogsDb::store`].
+    pub fn store_blocking(
+        &self,
+        records: Vec<LogRecord>,
+        durability: Durability,
+    ) -> Result<(), LogsDbError> {
+        self.submit_store_blocking(records, durability)?.wait()
+    }
+
+    /// Seals `log` at `epoch` (synced before the acknowledgement). A lower epoch than the
+    /// current seal is refused with `Preempted`; an equal one is acknowledged again.
+    pub async fn seal(&self, log: LogId, epoch: Epoch) -> Result<Epoch, LogsDbError> {
+        self.submit_async(Op::Seal { log, epoch }, Durability::Durable, sealed)
+            .await?
+            .wait_async()
+            .await
+    }
+
+    pub fn seal_blocking(&self, log: LogId, epoch: Epoch) -> Result<Epoch, LogsDbError> {
+        self.submit_blocking(Op::Seal { log, epoch }, Durability::Durable, sealed)?
+            .wait()
+    }
+
+    /// Moves the trim point of `log` forward to `lsn`. A stale trim changes nothing and
+    /// reports the trim point in force.
+    pub async fn trim(&self, log: LogId, lsn: Lsn) -> Result<TrimOutcome, LogsDbError> {
+        self.submit_async(Op::Trim { log, lsn }, Durability::Durable, trimmed)
+            .await?
+            .wait_async()
+            .await
+    }
+
+    pub fn trim_blocking(&self, log: LogId, lsn: Lsn) -> Result<TrimOutcome, LogsDbError> {
+        self.submit_blocking(Op::Trim { log, lsn }, Durability::Durable, trimmed)?
+            .wait()
+    }
+
+    /// Raises the last released LSN of `log` (never lowers it). Not synced: it is re-learned
+    /// from the sequencer's periodic release broadcasts.
+    pub async fn set_last_released(&self, log: LogId, lsn: Lsn) -> Result<(), LogsDbError> {
+        self.submit_async(Op::SetLastReleased { log, lsn }, Durability::Fast, done)
+            .await?
+            .wait_async()
+            .await
+    }
+
+    pub fn set_last_released_blocking(&self, log: LogId, lsn: Lsn) -> Result<(), LogsDbError> {
+        self.submit_blocking(Op::SetLastReleased { log, lsn }, Durability::Fast, done)?
+            .wait()
+    }
+
+    /// Raises the last clean epoch of `log` (synced).
+    pub async fn set_last_clean_epoch(&self, log: LogId, epoch: Epoch) -> Result<(), LogsDbError> {
+        self.submit_async(
+            Op::SetLastCleanEpoch { log, epoch },
+            Durability::Durable,
+            done,
+        )
+        .await?
+        .wait_async()
+        .await
+    }
+
+    pub fn set_last_clean_epoch_blocking(
+        &self,
+        log: LogId,
+        epoch: Epoch,
+    ) -> Result<(), LogsDbError> {
+        self.submit_blocking(
+            Op::SetLastCleanEpoch { log, epoch },
+            Durability::Durable,
+            done,
+        )?
+        .wait()
+    }
+
+    /// Raises the LNG of one epoch of `log` (stores raise it too, from their headers).
+    pub async fn set_epoch_lng(
+        &self,
+        log: LogId,
+        epoch: Epoch,
+        lng: Esn,
+    ) -> Result<(), LogsDbError> {
+        self.submit_async(Op::SetEpochLng { log, epoch, lng }, Durability::Fast, done)
+            .await?
+            .wait_async()
+            .await
+    }
+
+    pub fn set_epoch_lng_blocking(
+        &self,
+        log: LogId,
+        epoch: Epoch,
+        lng: Esn,
+    ) -> Result<(), LogsDbError> {
+        self.submit_blocking(Op::SetEpochLng { log, epoch, lng }, Durability::Fast, done)?
+            .wait()
+    }
+
+    /// One retention pass: trims logs past their backlog (ms, per log; logs not named keep
+    /// everything not trimmed explicitly) and drops partitions with nothing live.
+    pub async fn enforce_retention(
+        &self,
+        backlogs_ms: BTreeMap<LogId, u64>,
+    ) -> Result<RetentionReport, LogsDbError> {
+        self.submit_async(
+            Op::Retention { backlogs_ms },
+            Durability::Durable,
+            retention,
+        )
+        .await?
+        .wait_async()
+        .await
+    }
+
+    pub fn enforce_retention_blocking(
+        &self,
+        backlogs_ms: BTreeMap<LogId, u64>,
+    ) -> Result<RetentionReport, LogsDbError> {
+        self.submit_blocking(
+            Op::Retention { backlogs_ms },
+            Durability::Durable,
+            retention,
+        )?
+        .wait()
+    }
+
+    /// Starts a new partition now (the age / size / file triggers do it on their own).
+    pub fn roll_partition_blocking(&self) -> Result<PartitionId, LogsDbError> {
+        self.submit_blocking(Op::Roll, Durability::Durable, rolled)?
+            .wait()
+    }
+
+    /// Flushes every memtable to SST files (benchmarks, tests, and before a backup). The data
+    /// is durable either way once acknowledged; this only changes where reads find it.
+    pub fn flush_memtables(&self) -> Result<(), LogsDbError> {
+        let db = &self.shared.db;
+        let mut names = vec![META_CF.to_owned()];
+        names.extend(self.partitions().iter().map(|p| p.id.cf_name()));
+        for name in names {
+            if let Some(cf) = db.cf_handle(&name) {
+                db.flush_cf(&cf)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reads (synchronous and short; call them from `spawn_blocking` in async code) ----
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.shared.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The metadata of `log` (defaults when nothing was ever stored for it).
+    pub fn log_meta(&self, log: LogId) -> LogMeta {
+        self.view().logs.get(&log).cloned().unwrap_or_default()
+    }
+
+    /// Records of `log` in `from ..= until`, in LSN order (see [`LogIterator`]).
+    pub fn read(&self, log: LogId, from: Lsn, until: Lsn) -> LogIterator<'_> {
+        let view = self.view();
+        let trim = view
+            .logs
+            .get(&log)
+            .map(|m| m.trim_point)
+            .unwrap_or_default();
+        LogIterator::new(&self.shared.db, &view.dir, log, trim, from, until)
+    }
+
+    /// Copyset-index entries of `log` in `from ..= until` (no payload is read).
+    pub fn copysets(&self, log: LogId, from: Lsn, until: Lsn) -> CopysetIterator<'_> {
+        let view = self.view();
+        let trim = view
+            .logs
+            .get(&log)
+            .map(|m| m.trim_point)
+            .unwrap_or_default();
+        CopysetIterator::new(&self.shared.db, &view.dir, log, trim, from, until)
+    }
+
+    /// The LSN after the last record of `log` older than `timestamp_ms` (see `query`).
+    pub fn find_time(
+        &self,
+        log: LogId,
+        timestamp_ms: u64,
+        accuracy: FindTimeAccuracy,
+    ) -> Result<Lsn, LogsDbError> {
+        let (entries, trim) = self.entries_and_trim(log);
+        query::find_time(&self.shared.db, &entries, log, trim, timestamp_ms, accuracy)
+    }
+
+    /// Estimated bytes of `log` in `from ..= until`.
+    pub fn data_size(&self, log: LogId, from: Lsn, until: Lsn) -> u64 {
+        let (entries, trim) = self.entries_and_trim(log);
+        query::data_size(&entries, trim, from, until)
+    }
+
+    fn entries_and_trim(&self, log: LogId) -> (Vec<(PartitionId, DirEntry)>, Lsn) {
+        let view = self.view();
+        (
+            view.dir.entries_of(log),
+            view.logs
+                .get(&log)
+                .map(|m| m.trim_point)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Every partition, oldest first.
+    pub fn partitions(&self) -> Vec<PartitionInfo> {
+        self.view().dir.partitions.values().copied().collect()
+    }
+
+    /// The directory entries of `log`, in partition order.
+    pub fn directory(&self, log: LogId) -> Vec<(PartitionId, DirEntry)> {
+        self.view().dir.entries_of(log)
+    }
+
+    /// The logs this node holds records or metadata of.
+    pub fn logs(&self) -> Vec<LogId> {
+        let view = self.view();
+        let mut logs: Vec<LogId> = view
+            .dir
+            .entries
+            .keys()
+            .chain(view.logs.keys())
+            .copied()
+            .collect();
+        logs.sort_unstable();
+        logs.dedup();
+        logs
+    }
+}
+
+impl Drop for LogsDb {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "LogsDB did not close cleanly");
+        }
+    }
+}
