@@ -6,11 +6,13 @@
 //! (the per-log state machine: grants, reports, releases, preemption, reactivation),
 //! `recovery` (sealing, digesting and repairing the epochs an activation inherits: re-replicate
 //! or plug each uncertain ESN, bridge, clean, last clean epoch). All are pure — events in,
-//! actions out — so the simulator drives the same code as the server. The runtime (placement,
-//! activation through the epoch store, the network service) builds on them.
+//! actions out — so the simulator drives the same code as the server. `runtime` runs them over
+//! the network: placement, activation through the epoch store, the client-facing service and
+//! the release broadcaster.
 
 pub mod log_sequencer;
 pub mod recovery;
+pub mod runtime;
 pub mod window;
 
 pub use log_sequencer::{

@@ -1,0 +1,239 @@
+//! The sequencer's `Service<ClientProtocol>`: `Sequence` (placement, activation, grant),
+//! `ReportStored`, `GetTail`, and the metadata requests every node serves (`GetClusterState`
+//! from the membership view, `GetLogMetadata` and `CreateLog` from the epoch store). Other
+//! requests belong to the storage role and are refused as `BadRequest`.
+//!
+//! Answers to a completion report the sequencer cannot apply (the log does not run here, the
+//! report names another epoch, or LSNs never granted) are terminal `BadRequest` errors with the
+//! reason: retrying cannot help, the client's append is already acknowledged by its R copies,
+//! and the LSNs concerned are settled by recovery of their epoch.
+
+use std::time::Instant;
+
+use tally_common::transport::{ClientProtocol, RequestContext, Service};
+use tally_common::wire::client::{ClientRequest, ClientResponse};
+use tally_common::wire::{ErrorCode, RemoteError};
+use tally_common::{LogId, Lsn};
+use tally_epochstore::EpochStoreError;
+use tracing::Instrument;
+
+use super::logs::{ActivationError, Report, TrySequence};
+use super::placement::Placement;
+use super::{SequencerNode, now_ms};
+use crate::log_sequencer::{SequenceOutcome, StoredError};
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ClientResponse {
+    ClientResponse::Error(RemoteError::new(code, message))
+}
+
+fn store_error(e: &EpochStoreError) -> ClientResponse {
+    let code = match e {
+        EpochStoreError::NotFound { .. } => ErrorCode::NotFound,
+        EpochStoreError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+        EpochStoreError::Unavailable { .. } => ErrorCode::Unavailable,
+        EpochStoreError::Timeout { .. } => ErrorCode::Timeout,
+        // Storage nodes may join: retry later.
+        EpochStoreError::InsufficientNodes { .. } => ErrorCode::Unavailable,
+        EpochStoreError::InvalidAttributes(_) | EpochStoreError::InvalidArgument(_) => {
+            ErrorCode::BadRequest
+        }
+        EpochStoreError::Unauthorized(_) => ErrorCode::PermissionDenied,
+        _ => ErrorCode::Internal,
+    };
+    error(code, e.to_string())
+}
+
+fn activation_error(e: &ActivationError) -> ClientResponse {
+    match e {
+        ActivationError::Store(e) => store_error(e),
+        ActivationError::Timeout(_) => error(ErrorCode::Timeout, e.to_string()),
+        // The epoch this node ran was replaced by another sequencer's.
+        ActivationError::Superseded { current } => ClientResponse::Preempted { seal: *current },
+        ActivationError::TooManyLogs { .. } => error(ErrorCode::Overloaded, e.to_string()),
+    }
+}
+
+/// How often one `Sequence` request may (re)activate before giving up: the first activation,
+/// and one reactivation if the new epoch is exhausted at once (it cannot be).
+const MAX_ACTIVATIONS_PER_REQUEST: usize = 2;
+
+impl SequencerNode {
+    async fn sequence(
+        &self,
+        log: LogId,
+        count: u32,
+        no_redirect: bool,
+        deadline: Instant,
+    ) -> ClientResponse {
+        let mut activations = 0;
+        loop {
+            let now = Instant::now();
+            let sticky = self
+                .logs
+                .get(log)
+                .is_some_and(|slot| self.logs.sticky(&slot, now));
+            if !no_redirect && !sticky {
+                match self.membership.place(log) {
+                    None => {
+                        return error(ErrorCode::Unavailable, "membership is not known yet");
+                    }
+                    Some(Placement::Redirect(owner)) => return ClientResponse::Redirect { owner },
+                    Some(Placement::Here) => {}
+                }
+            }
+            let slot = match self.logs.slot(log) {
+                Ok(slot) => slot,
+                Err(e) => return activation_error(&e),
+            };
+            match self.logs.try_sequence(&slot, count, now_ms(), now) {
+                TrySequence::Retired => continue,
+                TrySequence::Outcome(outcome, effects) => {
+                    self.apply(effects);
+                    match outcome {
+                        SequenceOutcome::Granted(grant) => return ClientResponse::Granted(grant),
+                        SequenceOutcome::NoBufs => return ClientResponse::SeqNoBufs,
+                        SequenceOutcome::Preempted { seal } => {
+                            return ClientResponse::Preempted { seal };
+                        }
+                        // ESN exhaustion: activate a new epoch right here.
+                        SequenceOutcome::Reactivating => {}
+                    }
+                }
+                TrySequence::NeedsActivation => {}
+            }
+            if activations == MAX_ACTIVATIONS_PER_REQUEST {
+                return error(ErrorCode::Unavailable, "the log is moving to a new epoch");
+            }
+            activations += 1;
+            if let Err(e) = self.logs.activate(&*self.store, &slot, deadline).await {
+                tracing::debug!(node = %self.id(), %log, error = %e, "activation failed");
+                return activation_error(&e);
+            }
+            if no_redirect {
+                self.logs
+                    .set_sticky(&slot, Instant::now() + self.config.no_redirect_duration);
+            }
+        }
+    }
+
+    fn report_stored(&self, log: LogId, first: Lsn, count: u32) -> ClientResponse {
+        match self.logs.stored(log, first, count, Instant::now()) {
+            Report::Applied(effects) => {
+                self.apply(effects);
+                ClientResponse::Ack
+            }
+            Report::NotRunning => error(
+                ErrorCode::BadRequest,
+                format!(
+                    "log {log} has no sequencer on {}; recovery settles {first}",
+                    self.id()
+                ),
+            ),
+            Report::Refused(e @ StoredError::OtherEpoch { .. }) => {
+                error(ErrorCode::BadRequest, e.to_string())
+            }
+            Report::Refused(StoredError::Window(e)) => error(ErrorCode::BadRequest, e.to_string()),
+        }
+    }
+
+    /// The release point. A log not running here is placed like a `Sequence` (redirect to
+    /// its owner, or activate here), because only the running sequencer knows the tail.
+    async fn get_tail(&self, log: LogId, deadline: Instant) -> ClientResponse {
+        if let Some((_, lsn)) = self.logs.tail(log) {
+            return ClientResponse::Tail { lsn };
+        }
+        match self.membership.place(log) {
+            None => return error(ErrorCode::Unavailable, "membership is not known yet"),
+            Some(Placement::Redirect(owner)) => return ClientResponse::Redirect { owner },
+            Some(Placement::Here) => {}
+        }
+        loop {
+            let slot = match self.logs.slot(log) {
+                Ok(slot) => slot,
+                Err(e) => return activation_error(&e),
+            };
+            if let Err(e) = self.logs.activate(&*self.store, &slot, deadline).await {
+                return activation_error(&e);
+            }
+            if let Some((_, lsn)) = self.logs.tail(log) {
+                return ClientResponse::Tail { lsn };
+            }
+            // The slot was retired by a concurrent failure; look it up again (bounded by the
+            // request deadline, which the server enforces).
+        }
+    }
+
+    async fn with_deadline<T>(
+        &self,
+        deadline: Instant,
+        call: impl Future<Output = Result<T, EpochStoreError>>,
+    ) -> Result<T, ClientResponse> {
+        let limit = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(store_error(&e)),
+            Err(_) => Err(error(ErrorCode::Timeout, "epoch store call timed out")),
+        }
+    }
+}
+
+impl Service<ClientProtocol> for SequencerNode {
+    async fn call(&self, ctx: RequestContext, req: ClientRequest) -> ClientResponse {
+        let deadline = ctx.deadline.into_std();
+        match req {
+            ClientRequest::Sequence {
+                log,
+                count,
+                no_redirect,
+            } => {
+                let span = tracing::debug_span!("sequence", node = %self.id(), %log);
+                self.sequence(log, count, no_redirect, deadline)
+                    .instrument(span)
+                    .await
+            }
+            ClientRequest::ReportStored {
+                log, first, count, ..
+            } => self.report_stored(log, first, count),
+            ClientRequest::GetTail { log } => self.get_tail(log, deadline).await,
+            ClientRequest::GetClusterState => {
+                let view = self.membership.view();
+                ClientResponse::ClusterState {
+                    nodes: view.nodes.values().cloned().collect(),
+                    version: view.version,
+                }
+            }
+            ClientRequest::GetLogMetadata { log } => {
+                match self.with_deadline(deadline, self.store.get_log(log)).await {
+                    Ok(meta) => ClientResponse::LogMetadata(meta),
+                    Err(resp) => resp,
+                }
+            }
+            ClientRequest::CreateLog { log, attributes } => {
+                match self
+                    .with_deadline(deadline, self.store.create_log(log, attributes))
+                    .await
+                {
+                    Ok(_) => ClientResponse::LogCreated,
+                    Err(resp) => resp,
+                }
+            }
+            other => error(
+                ErrorCode::BadRequest,
+                format!("the sequencer role does not serve {}", request_name(&other)),
+            ),
+        }
+    }
+}
+
+fn request_name(req: &ClientRequest) -> &'static str {
+    match req {
+        ClientRequest::Store(_) => "Store",
+        ClientRequest::Trim { .. } => "Trim",
+        ClientRequest::FindTime { .. } => "FindTime",
+        ClientRequest::DataSize { .. } => "DataSize",
+        ClientRequest::StartRead { .. } => "StartRead",
+        ClientRequest::ReadWindow { .. } => "ReadWindow",
+        ClientRequest::StopRead => "StopRead",
+        _ => "this request",
+    }
+}
