@@ -11,6 +11,12 @@
 //! hold the payload from an earlier wave get a payload-less AMEND instead of the bytes. The
 //! whole append is bounded by the append timeout; what it reports on failure depends on
 //! whether any copy may have been stored, which the appender tracks per send.
+//!
+//! When a wave fails and fewer than R nodes of the node set are left that this append (or
+//! the graylist) does not avoid, the next wave waits one store timeout (of the wave that
+//! failed) instead of starting at once: the copyset would have to reuse nodes that just
+//! refused or could not be reached, and retrying them in a tight loop only adds load. The
+//! driver delivers [`Event::Tick`] at [`Appender::wake_at`].
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -31,7 +37,7 @@ use crate::placement::{CopysetSelector, DomainScope};
 
 /// Bytes a record adds to a STORE frame besides its payload (LSN, timestamp, checksum,
 /// length, padding), rounded up generously so a batch that passes here fits its frame.
-const RECORD_OVERHEAD_BYTES: usize = 64;
+pub const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// Timeouts and placement options of appends.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -178,6 +184,8 @@ pub struct Appender {
     in_doubt: BTreeSet<(u32, NodeId)>,
     /// Nodes that failed this append; later waves avoid them even if the graylist does not.
     failed: BTreeSet<NodeId>,
+    /// When the next wave starts, while it waits (see the module documentation).
+    retry_at: Option<Instant>,
     done: bool,
 }
 
@@ -239,6 +247,7 @@ impl Appender {
             holders: BTreeSet::new(),
             in_doubt: BTreeSet::new(),
             failed: BTreeSet::new(),
+            retry_at: None,
             done: false,
         };
         let actions = appender.next_wave(now, graylist, rng);
@@ -272,7 +281,13 @@ impl Appender {
                 graylist.add(node, AvoidReason::Unreachable, now);
                 self.member_failed(now, node, wave, graylist, rng)
             }
-            Event::Tick => Vec::new(),
+            Event::Tick => match self.retry_at {
+                Some(at) if now >= at => {
+                    self.retry_at = None;
+                    self.start_wave(now, graylist, rng)
+                }
+                _ => Vec::new(),
+            },
         };
         if !self.done && now >= self.deadline {
             actions.push(self.timed_out());
@@ -396,6 +411,7 @@ impl Appender {
         }
     }
 
+    /// Starts the next wave, or schedules it when too few nodes are left to avoid.
     fn next_wave<R: Rng + ?Sized>(
         &mut self,
         now: Instant,
@@ -405,9 +421,50 @@ impl Appender {
         if now >= self.deadline {
             return vec![self.timed_out()];
         }
-        self.wave += 1;
+        if self.retry_at.is_some() {
+            return Vec::new();
+        }
+        if self.wave > 0 {
+            let avoid = self.avoid_set(now, graylist);
+            let usable = self
+                .node_set
+                .nodes()
+                .iter()
+                .filter(|n| !avoid.contains(n))
+                .count();
+            if usable < self.replication {
+                let at = (now + self.policy.store_timeout(self.wave)).min(self.deadline);
+                tracing::debug!(
+                    log = %self.log,
+                    lsn = %self.lsns.start(),
+                    wave = self.wave,
+                    usable,
+                    "too few healthy nodes; next wave waits"
+                );
+                self.retry_at = Some(at);
+                return Vec::new();
+            }
+        }
+        self.start_wave(now, graylist, rng)
+    }
+
+    fn avoid_set(&self, now: Instant, graylist: &Graylist) -> BTreeSet<NodeId> {
         let mut avoid = graylist.avoid_set(&self.node_set, now);
         avoid.extend(self.failed.iter().copied());
+        avoid
+    }
+
+    fn start_wave<R: Rng + ?Sized>(
+        &mut self,
+        now: Instant,
+        graylist: &Graylist,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        if now >= self.deadline {
+            return vec![self.timed_out()];
+        }
+        self.wave += 1;
+        let avoid = self.avoid_set(now, graylist);
         self.copyset = self
             .selector
             .select(self.replication, &avoid, rng)
@@ -533,6 +590,13 @@ impl Appender {
         self.deadline
     }
 
+    /// When the appender next needs an [`Event::Tick`]: the start of a waiting wave, else
+    /// the append timeout.
+    pub fn wake_at(&self) -> Instant {
+        self.retry_at
+            .map_or(self.deadline, |at| at.min(self.deadline))
+    }
+
     pub fn lsns(&self) -> RangeInclusive<Lsn> {
         self.lsns.clone()
     }
@@ -555,6 +619,7 @@ impl std::fmt::Debug for Appender {
             .field("holders", &self.holders)
             .field("in_doubt", &self.in_doubt)
             .field("failed", &self.failed)
+            .field("retry_at", &self.retry_at)
             .field("deadline", &self.deadline)
             .field("done", &self.done)
             .finish_non_exhaustive()

@@ -3,7 +3,7 @@
 //! The distinction matters more than the cause: retrying an append that "certainly did not
 //! happen" is safe, retrying one that may have happened is how silent duplicates are born.
 
-use tally_common::{Epoch, Lsn, NodeId};
+use tally_common::{Epoch, LogId, Lsn, NodeId};
 
 use crate::placement::PlacementError;
 
@@ -44,6 +44,17 @@ pub enum AppendError {
     /// append could not be completed.
     #[error("append outcome unknown: {cause}")]
     Indeterminate { cause: IndeterminateCause },
+    /// The log does not exist. Nothing was stored.
+    #[error("log {log} does not exist")]
+    LogNotFound { log: LogId },
+    /// No sequencer granted LSNs within the append timeout (unreachable, refusing, or its
+    /// window stayed full). No copy was sent, so nothing was stored; LSNs it may have granted
+    /// unseen are settled by the sequencer's abandoned-LSN path.
+    #[error("no sequencer granted LSNs: {reason}")]
+    NoSequencer { reason: String },
+    /// The client is shut down. Nothing was sent.
+    #[error("the client is shut down")]
+    Shutdown,
 }
 
 /// What ended an append whose copies may exist.
@@ -64,7 +75,10 @@ impl AppendError {
             | AppendError::InvalidBatch { .. }
             | AppendError::Placement(_)
             | AppendError::TimedOut
-            | AppendError::ChecksumMismatch { .. } => true,
+            | AppendError::ChecksumMismatch { .. }
+            | AppendError::LogNotFound { .. }
+            | AppendError::NoSequencer { .. }
+            | AppendError::Shutdown => true,
             AppendError::Preempted { may_be_stored, .. } => !may_be_stored,
             AppendError::Indeterminate { .. } => false,
         }

@@ -1,12 +1,15 @@
-//! The storage role of Tally (DESIGN §7). Today this crate holds LogsDB, the node's local log
-//! store: one RocksDB instance with a `meta` column family and time partitions as column
-//! families, a partition directory, group-committed writes, per-log metadata (trim points,
-//! seals, release pointers, LNGs), checksummed reads, `find_time`, `data_size` and retention.
-//! It has no network code; the STORE/SEAL/RELEASE server and read streams sit on top of it.
+//! The storage role of Tally (DESIGN §7).
 //!
-//! Layout: [`logsdb`] (the store; its main type is [`logsdb::LogsDb`]).
+//! Layout: [`logsdb`] (the node's local log store, [`logsdb::LogsDb`]: one RocksDB instance
+//! with a `meta` column family and time partitions as column families, a partition directory,
+//! group-committed writes, per-log metadata — trim points, seals, release pointers, LNGs —
+//! checksummed reads, `find_time`, `data_size` and retention; no network code) and [`server`]
+//! (the network role on top of it, [`server::StorageNode`]: STORE with admission control,
+//! checksum, seal and disk-space checks; RELEASE, SEAL, CLEAN, TRIM, recovery digests; cluster
+//! state and log metadata for clients; registration in membership). Read streams come next.
 
 pub mod logsdb;
+pub mod server;
 
 pub use logsdb::{
     Clock, FindTimeAccuracy, LogMeta, LogRecord, LogsDb, LogsDbConfig, LogsDbError, ManualClock,

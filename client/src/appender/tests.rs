@@ -492,8 +492,12 @@ fn a_transport_failure_that_may_have_applied_keeps_the_doubt() {
             may_have_been_applied: true,
         },
     );
-    // Wave 2 went to the same (only) node and is refused right at the deadline: the wave-1
-    // store that may have been applied keeps the outcome open.
+    // The only node failed: wave 2 waits one store timeout (10 ms), then goes to it again.
+    assert_eq!(f.appender.wave(), 1);
+    assert_eq!(f.appender.wake_at(), f.t0 + Duration::from_millis(11));
+    assert_eq!(sends(&f.at(11, Event::Tick)).len(), 1);
+    // Wave 2 is refused right at the deadline: the wave-1 store that may have been applied
+    // keeps the outcome open.
     assert_eq!(f.appender.wave(), 2);
     let out = f.at(
         600_000,
@@ -628,4 +632,87 @@ fn graylisted_nodes_are_avoided_from_the_first_wave() {
         assert_eq!(a.copyset().nodes().len(), 2);
         assert!(!a.copyset().contains(NodeId(1)) && !a.copyset().contains(NodeId(2)));
     }
+}
+
+#[test]
+fn with_too_few_healthy_nodes_the_next_wave_waits_a_store_timeout() {
+    // R = 3 of 4: after two refusals only two nodes are left to use.
+    let (mut f, _) = start(4, 3);
+    let m = f.members();
+    let next = f.reply(m[0], StoreStatus::Disabled);
+    assert_eq!(sends(&next).len(), 3, "three usable nodes: wave 2 at once");
+    let m2 = f.members();
+    let refused = m2.iter().copied().find(|n| *n != m[0]).unwrap();
+    let next = f.reply(refused, StoreStatus::Overloaded);
+    assert!(next.is_empty(), "no tight loop over refusing nodes");
+    assert_eq!(f.appender.wave(), 2);
+    // Wave 2's store timeout is 20 ms; the refusal came at 1 ms.
+    assert_eq!(f.appender.wake_at(), f.t0 + Duration::from_millis(21));
+    // Other answers of the waiting wave start nothing; an early tick neither.
+    let other = m2.iter().copied().find(|n| *n != refused).unwrap();
+    assert!(f.reply(other, StoreStatus::NoSpace).is_empty());
+    assert!(f.at(20, Event::Tick).is_empty());
+    let next = f.at(21, Event::Tick);
+    assert_eq!(
+        sends(&next).len(),
+        3,
+        "the wave starts when due, reusing avoided nodes"
+    );
+    assert_eq!(f.appender.wave(), 3);
+}
+
+#[test]
+fn refusals_everywhere_end_certain_when_no_store_is_in_flight() {
+    let t0 = Instant::now();
+    let mut g = Graylist::default();
+    let mut rng = StdRng::seed_from_u64(3);
+    let p = AppendPolicy {
+        store_timeout_initial: Duration::from_millis(100),
+        append_timeout: Duration::from_millis(250),
+        ..AppendPolicy::default()
+    };
+    let (mut a, actions) = Appender::start(
+        &grant(2, 2, 1),
+        payloads(1),
+        &[],
+        p,
+        &Limits::default(),
+        t0,
+        &g,
+        &mut rng,
+    )
+    .unwrap();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let refuse = |node, wave| Event::StoreReply {
+        node,
+        wave,
+        status: StoreStatus::Disabled,
+    };
+    let nodes: Vec<NodeId> = sends(&actions).iter().map(|s| s.0).collect();
+    assert!(
+        a.handle(ms(1), refuse(nodes[0], 1), &mut g, &mut rng)
+            .is_empty()
+    );
+    assert!(
+        a.handle(ms(2), refuse(nodes[1], 1), &mut g, &mut rng)
+            .is_empty()
+    );
+    assert_eq!(a.wake_at(), ms(101));
+    assert_eq!(
+        sends(&a.handle(ms(101), Event::Tick, &mut g, &mut rng)).len(),
+        2
+    );
+    assert!(
+        a.handle(ms(102), refuse(nodes[0], 2), &mut g, &mut rng)
+            .is_empty()
+    );
+    assert!(
+        a.handle(ms(103), refuse(nodes[1], 2), &mut g, &mut rng)
+            .is_empty()
+    );
+    // The next wave would start after the deadline: the append just times out, and with
+    // every store refused no copy can exist.
+    assert_eq!(a.wake_at(), ms(250));
+    let out = a.handle(ms(250), Event::Tick, &mut g, &mut rng);
+    assert_eq!(out, vec![Action::Failed(AppendError::TimedOut)]);
 }

@@ -1,0 +1,174 @@
+//! [`Client`]: the application's handle on a Tally cluster (DESIGN §6, LogDevice's `Client`).
+//! It owns one QUIC connector (one connection per node, shared by every call), the cluster
+//! view, the graylist shared by every append, and the background tasks (cluster refresh,
+//! completion reports, buffered-writer batches). Cloning is cheap; every clone is the same
+//! client.
+//!
+//! `append` and `append_batch` run on the caller's task: sequencing (`sequence`), then the
+//! appender's waves (`append`). Their errors say whether the records may have been appended
+//! ([`AppendError::certainly_not_appended`]).
+
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tally_common::transport::{ClientProtocol, Connector, TlsError, TlsIdentity, TransportError};
+use tally_common::{LogId, Lsn};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::buffered::{BufferedConfig, BufferedWriter};
+use crate::cluster::{ClusterError, ClusterState, ClusterView};
+use crate::config::{ClientConfig, ConfigError};
+use crate::error::AppendError;
+use crate::graylist::Graylist;
+
+/// Why [`Client::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot load the client certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot open the QUIC endpoint: {0}")]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// What the client's tasks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ClientConfig,
+    pub(crate) connector: Arc<Connector<ClientProtocol>>,
+    pub(crate) cluster: ClusterView,
+    graylist: Mutex<Graylist>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The graylist, locked for one synchronous step of an appender (never across an await).
+    pub(crate) fn graylist(&self) -> MutexGuard<'_, Graylist> {
+        self.graylist.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fetches the cluster state again in the background (a node was unreachable, or a
+    /// redirect named a node the view does not know). Concurrent requests share one fetch.
+    pub(crate) fn refresh_soon(self: &Arc<Self>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = shared.cluster.refresh().await {
+                tracing::debug!(error = %e, "cluster state refresh failed");
+            }
+        });
+    }
+}
+
+/// A connection to one Tally cluster. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Validates `config`, loads the client certificate, fetches the cluster state from the
+    /// seeds and starts refreshing it every `cluster_refresh_interval`.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ConnectError> {
+        config.validate()?;
+        let identity = TlsIdentity::load(&config.certs_dir, &config.cert_name)?;
+        let connector = Arc::new(Connector::new(&identity, config.transport.clone())?);
+        let cluster = ClusterView::fetch(
+            config.seeds.clone(),
+            connector.clone(),
+            config.request_timeout,
+        )
+        .await?;
+        let shared = Arc::new(Shared {
+            graylist: Mutex::new(Graylist::new(config.graylist)),
+            config,
+            connector,
+            cluster,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        shared.tracker.spawn(refresh_loop(
+            Arc::downgrade(&shared),
+            shared.shutdown.clone(),
+        ));
+        Ok(Client { shared })
+    }
+
+    /// Appends one record to `log`; its LSN once R storage nodes have it.
+    pub async fn append(&self, log: LogId, payload: Vec<u8>) -> Result<Lsn, AppendError> {
+        crate::append::append(&self.shared, log, vec![payload])
+            .await
+            .map(|lsns| *lsns.start())
+    }
+
+    /// Appends `payloads` to `log` as one batch: one grant of consecutive LSNs, one STORE per
+    /// copyset member. All succeed or all fail together.
+    pub async fn append_batch(
+        &self,
+        log: LogId,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<RangeInclusive<Lsn>, AppendError> {
+        crate::append::append(&self.shared, log, payloads).await
+    }
+
+    /// A writer that gathers small appends to `log` into batches (see [`BufferedWriter`]).
+    pub fn buffered_writer(
+        &self,
+        log: LogId,
+        config: BufferedConfig,
+    ) -> Result<BufferedWriter, ConfigError> {
+        config.validate(&self.shared.config.transport.limits)?;
+        Ok(BufferedWriter::start(self.shared.clone(), log, config))
+    }
+
+    /// The cluster state the client places copies and finds sequencers with.
+    pub fn cluster(&self) -> Arc<ClusterState> {
+        self.shared.cluster.current()
+    }
+
+    /// Fetches the cluster state now.
+    pub async fn refresh_cluster(&self) -> Result<(), ClusterError> {
+        self.shared.cluster.refresh().await
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    /// Stops background work and waits for it: buffered writers stop taking records (what
+    /// they hold but have not sent fails as `Shutdown`), batches already being appended and
+    /// completion reports finish or time out, then the connections close. Appends started
+    /// afterwards fail with `Shutdown`.
+    pub async fn close(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+        self.shared.connector.close().await;
+    }
+}
+
+/// Refreshes the cluster state periodically while the client exists.
+async fn refresh_loop(shared: Weak<Shared>, shutdown: CancellationToken) {
+    let Some(interval) = shared.upgrade().map(|s| s.config.cluster_refresh_interval) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(e) = shared.cluster.refresh().await {
+            tracing::warn!(error = %e, "periodic cluster state refresh failed");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! [`ClientConfig`]: every knob of the client runtime with its default in one place, and
+//! [`ClientConfig::validate`] with messages that name the field. The append timeouts and
+//! placement options are the pure appender's [`AppendPolicy`]; graylist intervals are its
+//! [`GraylistConfig`]; the transport's limits are the payload and batch limits appends obey.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tally_common::transport::TransportConfig;
+use tally_common::{NodeInfo, NodeSet};
+
+use crate::appender::AppendPolicy;
+use crate::graylist::GraylistConfig;
+use crate::placement::DomainScope;
+
+/// Configuration of one [`crate::Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of nodes to ask for the cluster state first (any node serves it).
+    pub seeds: Vec<String>,
+    /// Directory with `ca.pem` and the client certificate `<cert_name>.pem` / `.key`.
+    pub certs_dir: PathBuf,
+    pub cert_name: String,
+    pub transport: TransportConfig,
+    /// Store timeouts (exponential per wave), the whole append's timeout, failure domains.
+    /// The append timeout covers everything from the call to its outcome, sequencing included.
+    pub append: AppendPolicy,
+    /// With `append.domain_scope` unset: spread copies over racks (`DomainScope::RACK`) as
+    /// soon as some node of the node set has a location, and over nodes only otherwise.
+    pub auto_domain_scope: bool,
+    pub graylist: GraylistConfig,
+    /// Deadline of one metadata or `Sequence` call (also capped by the append's deadline).
+    pub request_timeout: Duration,
+    /// How often the cluster state is fetched again in the background; it is also refetched
+    /// when a node cannot be reached or a redirect names a node the view does not know.
+    pub cluster_refresh_interval: Duration,
+    /// First wait after `SeqNoBufs` or a retryable sequencer error; doubles up to the maximum.
+    pub sequencer_backoff_initial: Duration,
+    pub sequencer_backoff_max: Duration,
+    /// Most redirects one `Sequence` attempt follows before asking the next node in rank order
+    /// with `no_redirect` (breaks loops between nodes whose views disagree).
+    pub max_redirects: usize,
+    /// Deadline of the `ReportStored` sent after an append completed (in the background).
+    pub report_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for a cluster reached through `seeds`, with certificates in `certs_dir`.
+    pub fn new(seeds: Vec<String>, certs_dir: impl Into<PathBuf>) -> ClientConfig {
+        ClientConfig {
+            seeds,
+            certs_dir: certs_dir.into(),
+            cert_name: "client".to_owned(),
+            transport: TransportConfig::default(),
+            append: AppendPolicy::default(),
+            auto_domain_scope: true,
+            graylist: GraylistConfig::default(),
+            request_timeout: Duration::from_secs(5),
+            cluster_refresh_interval: Duration::from_secs(10),
+            sequencer_backoff_initial: Duration::from_millis(5),
+            sequencer_backoff_max: Duration::from_secs(1),
+            max_redirects: 3,
+            report_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The failure-domain scope for a node set whose members are `nodes` (see
+    /// `auto_domain_scope`).
+    pub fn domain_scope_for(&self, node_set: &NodeSet, nodes: &[NodeInfo]) -> Option<DomainScope> {
+        if self.append.domain_scope.is_some() || !self.auto_domain_scope {
+            return self.append.domain_scope;
+        }
+        let located = nodes
+            .iter()
+            .any(|n| node_set.contains(n.id) && !n.location.is_empty());
+        located.then_some(DomainScope::RACK)
+    }
+
+    /// Checks ranges; the message names the field and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        if self.seeds.is_empty() {
+            return Err(invalid("seeds", "must name at least one node".into()));
+        }
+        if self.cert_name.is_empty() {
+            return Err(invalid("cert_name", "must not be empty".into()));
+        }
+        let positive = [
+            (
+                "append.store_timeout_initial",
+                self.append.store_timeout_initial,
+            ),
+            ("append.store_timeout_max", self.append.store_timeout_max),
+            ("append.append_timeout", self.append.append_timeout),
+            ("request_timeout", self.request_timeout),
+            ("cluster_refresh_interval", self.cluster_refresh_interval),
+            ("sequencer_backoff_initial", self.sequencer_backoff_initial),
+            ("sequencer_backoff_max", self.sequencer_backoff_max),
+            ("report_timeout", self.report_timeout),
+        ];
+        for (field, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero".into()));
+            }
+        }
+        if self.append.store_timeout_initial > self.append.store_timeout_max {
+            return Err(invalid(
+                "append.store_timeout_initial",
+                format!(
+                    "{:?} is above append.store_timeout_max {:?}",
+                    self.append.store_timeout_initial, self.append.store_timeout_max
+                ),
+            ));
+        }
+        if self.sequencer_backoff_initial > self.sequencer_backoff_max {
+            return Err(invalid(
+                "sequencer_backoff_initial",
+                format!(
+                    "{:?} is above sequencer_backoff_max {:?}",
+                    self.sequencer_backoff_initial, self.sequencer_backoff_max
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.graylist.max_slow_fraction) {
+            return Err(invalid(
+                "graylist.max_slow_fraction",
+                format!("{} is outside 0..=1", self.graylist.max_slow_fraction),
+            ));
+        }
+        self.transport
+            .limits
+            .validate()
+            .map_err(|e| invalid("transport.limits", e.to_string()))
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("client config: {field} {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ClientConfig {
+        ClientConfig::new(vec!["127.0.0.1:4000".into()], "/tmp/certs")
+    }
+
+    #[test]
+    fn defaults_validate() {
+        config().validate().unwrap();
+    }
+
+    #[test]
+    fn domains_are_spread_when_the_node_set_has_locations() {
+        use tally_common::NodeId;
+        use tally_common::meta::{Roles, StorageState};
+        let node = |id: u32, location: &str| NodeInfo {
+            id: NodeId(id),
+            address: String::new(),
+            roles: Roles {
+                sequencer: false,
+                storage: true,
+            },
+            location: location.into(),
+            weight: 1,
+            state: StorageState::ReadWrite,
+        };
+        let set = NodeSet::new(vec![NodeId(1), NodeId(2)]);
+        let c = config();
+        assert_eq!(c.domain_scope_for(&set, &[node(1, ""), node(2, "")]), None);
+        // A located node outside the node set does not count.
+        assert_eq!(
+            c.domain_scope_for(&set, &[node(1, ""), node(3, "r.d.k")]),
+            None
+        );
+        assert_eq!(
+            c.domain_scope_for(&set, &[node(1, "r.d.k1"), node(2, "r.d.k2")]),
+            Some(DomainScope::RACK)
+        );
+        let mut fixed = config();
+        fixed.append.domain_scope = Some(DomainScope::REGION);
+        assert_eq!(
+            fixed.domain_scope_for(&set, &[node(1, "")]),
+            Some(DomainScope::REGION)
+        );
+        let mut off = config();
+        off.auto_domain_scope = false;
+        assert_eq!(off.domain_scope_for(&set, &[node(1, "r.d.k1")]), None);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let field = |c: ClientConfig| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            Ok(()) => panic!("accepted {c:?}"),
+        };
+        assert_eq!(
+            field(ClientConfig {
+                seeds: Vec::new(),
+                ..config()
+            }),
+            "seeds"
+        );
+        let mut c = config();
+        c.append.append_timeout = Duration::ZERO;
+        assert_eq!(field(c), "append.append_timeout");
+        let mut c = config();
+        c.append.store_timeout_initial = Duration::from_secs(120);
+        assert_eq!(field(c), "append.store_timeout_initial");
+        let mut c = config();
+        c.transport.limits.max_records_per_batch = 0;
+        assert_eq!(field(c), "transport.limits");
+    }
+}

@@ -1,0 +1,232 @@
+//! Getting LSNs for an append (DESIGN §5 placement, §6 step 1; LogDevice's client append
+//! path): ask the log's owner, the first of the sequencer ranking of the cluster view, for a
+//! grant. A `Redirect` is followed (a few times); a node that cannot be reached is skipped and
+//! the next one in rank order is asked with `no_redirect`, so it takes the log over;
+//! `SeqNoBufs` and retryable errors back off exponentially. Everything stays within the
+//! append's deadline. Nothing has been stored when this fails, so every error it returns is
+//! "certainly not appended".
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_common::transport::TransportError;
+use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
+use tally_common::wire::{ErrorCode, RemoteError};
+use tally_common::{LogId, NodeId};
+use tokio::time::Instant;
+
+use crate::client::Shared;
+use crate::error::AppendError;
+
+/// Exponential waits between attempts, never past the deadline.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Waits the next interval (cut at `deadline`); false when the deadline has passed.
+    async fn wait(&mut self, deadline: Instant) -> bool {
+        let until = (Instant::now() + self.next).min(deadline);
+        tokio::time::sleep_until(until).await;
+        self.next = (self.next * 2).min(self.max);
+        Instant::now() < deadline
+    }
+}
+
+/// What to do after one answer.
+enum Step {
+    Granted(Grant),
+    /// Ask this node next.
+    Ask(NodeId, bool),
+    /// Wait, then ask the same node again.
+    Retry,
+    /// Wait, then start over from the owner of a (possibly refreshed) view.
+    Restart,
+    Fail(AppendError),
+}
+
+/// Asks the sequencer of `log` for `count` LSNs until `deadline`.
+pub(crate) async fn request_grant(
+    shared: &Arc<Shared>,
+    log: LogId,
+    count: u32,
+    deadline: Instant,
+) -> Result<Grant, AppendError> {
+    let config = &shared.config;
+    let mut backoff = Backoff {
+        next: config.sequencer_backoff_initial,
+        max: config.sequencer_backoff_max,
+    };
+    let mut last = String::from("no sequencer asked yet");
+    'rounds: loop {
+        if shared.shutdown.is_cancelled() {
+            return Err(AppendError::Shutdown);
+        }
+        let state = shared.cluster.current();
+        let rank = state.sequencer_rank(log);
+        let Some(&owner) = rank.first() else {
+            last = "the cluster view has no live sequencer".into();
+            shared.refresh_soon();
+            if !backoff.wait(deadline).await {
+                return Err(AppendError::NoSequencer { reason: last });
+            }
+            continue;
+        };
+        let mut unreachable = BTreeSet::new();
+        let mut redirects = 0;
+        let (mut target, mut no_redirect) = (owner, false);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AppendError::NoSequencer { reason: last });
+            }
+            let timeout = config.request_timeout.min(deadline - now);
+            let answer = match shared.cluster.address(target).await {
+                Some(addr) => {
+                    let req = ClientRequest::Sequence {
+                        log,
+                        count,
+                        no_redirect,
+                    };
+                    shared.connector.call(addr, &req, timeout).await
+                }
+                None => Err(TransportError::NoAnswer),
+            };
+            let step = match answer {
+                Ok(ClientResponse::Granted(grant)) if grant.log == log && grant.count == count => {
+                    Step::Granted(grant)
+                }
+                Ok(ClientResponse::Granted(grant)) => Step::Fail(AppendError::NoSequencer {
+                    reason: format!(
+                        "{target} granted {} LSNs of {} for a request of {count} on {log}",
+                        grant.count, grant.log
+                    ),
+                }),
+                Ok(ClientResponse::Redirect { owner }) => {
+                    last = format!("{target} redirected to {owner}");
+                    if shared.cluster.current().node(owner).is_none() {
+                        // A node we have not heard of: learn its address before asking it.
+                        let refresh = shared.cluster.refresh();
+                        if let Ok(Err(e)) = tokio::time::timeout_at(deadline, refresh).await {
+                            tracing::debug!(error = %e, "cluster state refresh failed");
+                        }
+                    }
+                    if redirects < config.max_redirects && !unreachable.contains(&owner) {
+                        redirects += 1;
+                        Step::Ask(owner, false)
+                    } else {
+                        // The views disagree: make the next candidate serve the log.
+                        match next_in_rank(&rank, &unreachable, target) {
+                            Some(next) => Step::Ask(next, true),
+                            None => Step::Restart,
+                        }
+                    }
+                }
+                Ok(ClientResponse::SeqNoBufs) => {
+                    last = format!("the window of {log} on {target} is full");
+                    Step::Retry
+                }
+                Ok(ClientResponse::Preempted { seal }) => {
+                    last = format!("{target} was preempted by seal {seal}");
+                    shared.refresh_soon();
+                    Step::Restart
+                }
+                Ok(ClientResponse::Error(e)) | Err(TransportError::Remote(e)) => {
+                    remote_error(log, target, e, &mut last)
+                }
+                Ok(other) => Step::Fail(AppendError::NoSequencer {
+                    reason: format!("{target} answered Sequence with {other:?}"),
+                }),
+                Err(e) => {
+                    last = format!("{target} is unreachable: {e}");
+                    tracing::debug!(%log, node = %target, error = %e, "sequencer unreachable");
+                    unreachable.insert(target);
+                    shared.refresh_soon();
+                    match next_in_rank(&rank, &unreachable, target) {
+                        Some(next) => Step::Ask(next, true),
+                        None => Step::Restart,
+                    }
+                }
+            };
+            match step {
+                Step::Granted(grant) => return Ok(grant),
+                Step::Fail(e) => return Err(e),
+                Step::Ask(node, force) => (target, no_redirect) = (node, force),
+                Step::Retry => {
+                    if !backoff.wait(deadline).await {
+                        return Err(AppendError::NoSequencer { reason: last });
+                    }
+                }
+                Step::Restart => {
+                    if !backoff.wait(deadline).await {
+                        return Err(AppendError::NoSequencer { reason: last });
+                    }
+                    continue 'rounds;
+                }
+            }
+        }
+    }
+}
+
+/// The first node of `rank` not known unreachable, other than `current`.
+fn next_in_rank(
+    rank: &[NodeId],
+    unreachable: &BTreeSet<NodeId>,
+    current: NodeId,
+) -> Option<NodeId> {
+    rank.iter()
+        .copied()
+        .find(|n| *n != current && !unreachable.contains(n))
+}
+
+fn remote_error(log: LogId, target: NodeId, e: RemoteError, last: &mut String) -> Step {
+    *last = format!("{target} answered {e}");
+    if e.code == ErrorCode::NotFound {
+        return Step::Fail(AppendError::LogNotFound { log });
+    }
+    if e.code.is_retryable() {
+        Step::Retry
+    } else {
+        Step::Fail(AppendError::NoSequencer {
+            reason: last.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_in_rank_skips_current_and_unreachable() {
+        let rank = [NodeId(3), NodeId(1), NodeId(2)];
+        let mut down = BTreeSet::new();
+        assert_eq!(next_in_rank(&rank, &down, NodeId(3)), Some(NodeId(1)));
+        down.insert(NodeId(1));
+        assert_eq!(next_in_rank(&rank, &down, NodeId(3)), Some(NodeId(2)));
+        down.insert(NodeId(2));
+        assert_eq!(next_in_rank(&rank, &down, NodeId(3)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_its_maximum_and_stops_at_the_deadline() {
+        let start = Instant::now();
+        let mut b = Backoff {
+            next: Duration::from_millis(10),
+            max: Duration::from_millis(35),
+        };
+        let deadline = start + Duration::from_millis(100);
+        assert!(b.wait(deadline).await);
+        assert_eq!(Instant::now() - start, Duration::from_millis(10));
+        assert!(b.wait(deadline).await);
+        assert_eq!(Instant::now() - start, Duration::from_millis(30));
+        assert!(b.wait(deadline).await);
+        assert_eq!(Instant::now() - start, Duration::from_millis(65));
+        // 65 + 35 reaches the deadline: the wait is cut there and reports it.
+        assert!(!b.wait(deadline).await);
+        assert_eq!(Instant::now() - start, Duration::from_millis(100));
+    }
+}

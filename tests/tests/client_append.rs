@@ -1,0 +1,673 @@
+//! The client's append runtime against a real sequencer runtime (in-memory epoch store, real
+//! QUIC on loopback with `generate_cluster_certs` certificates) and fake storage nodes that
+//! keep the copies they are sent and can be told to stall or refuse: increasing unique LSNs,
+//! R distinct holders for every acknowledged LSN, routing around a stalled node with a new
+//! wave and AMENDs, typed failures when fewer than R nodes answer, oversized payloads refused
+//! before anything is sent, and the buffered writer's batching.
+//!
+//! Every wait is for a condition (an append's outcome) with a deadline; nothing sleeps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tally_client::{AppendError, BufferedConfig, Client, ClientConfig};
+use tally_common::meta::{LogAttributes, NodeInfo, Roles, StorageState};
+use tally_common::placement;
+use tally_common::transport::{
+    ClientProtocol, Connector, NodeProtocol, RequestContext, Server, Service, TlsIdentity,
+    TransportConfig, generate_cluster_certs,
+};
+use tally_common::wire::StoreStatus;
+use tally_common::wire::client::{ClientRequest, ClientResponse};
+use tally_common::wire::node::{NodeRequest, NodeResponse};
+use tally_common::{LogId, Lsn, NodeId, RecordFlags};
+use tally_epochstore::{EpochStore, MemoryEpochStore, NodeLease};
+use tally_sequencer::runtime::{
+    SequencerConfig, SequencerDeps, SequencerNode, SequencerRuntime, run,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Bounds every wait of a failing test; generous on a loaded machine.
+const T: Duration = Duration::from_secs(30);
+
+/// What a fake storage node does with a STORE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Keep the copy and answer `Stored`.
+    Store,
+    /// Never answer (until the server shuts down).
+    Stall,
+    /// Answer `Disabled`: nothing is kept.
+    Refuse,
+}
+
+/// One STORE as a fake node received it.
+#[derive(Clone, Debug)]
+struct Received {
+    node: NodeId,
+    log: LogId,
+    wave: u32,
+    amend: bool,
+    lsns: Vec<Lsn>,
+}
+
+/// What every fake node received and holds.
+#[derive(Default, Debug)]
+struct Seen {
+    stores: Vec<Received>,
+    /// The copies each node holds: (log, lsn) → payload.
+    held: BTreeMap<NodeId, BTreeMap<(LogId, Lsn), Vec<u8>>>,
+    /// AMENDs for copies the node did not hold: the client must never send these.
+    bad_amends: Vec<Received>,
+}
+
+#[derive(Debug)]
+struct FakeStorage {
+    id: NodeId,
+    mode: Mutex<Mode>,
+    /// Shared by all fake nodes: the first node to receive a STORE while set stalls forever.
+    stall_first: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl FakeStorage {
+    fn mode(&self) -> Mode {
+        *self.mode.lock().unwrap()
+    }
+}
+
+impl Service<ClientProtocol> for FakeStorage {
+    async fn call(&self, ctx: RequestContext, req: ClientRequest) -> ClientResponse {
+        let ClientRequest::Store(batch) = req else {
+            return ClientResponse::Error(tally_common::wire::RemoteError::new(
+                tally_common::wire::ErrorCode::BadRequest,
+                "fake storage serves only Store",
+            ));
+        };
+        if self.stall_first.swap(false, Ordering::SeqCst) {
+            *self.mode.lock().unwrap() = Mode::Stall;
+        }
+        let amend = batch.flags.contains(RecordFlags::AMEND);
+        let received = Received {
+            node: self.id,
+            log: batch.log,
+            wave: batch.wave_or_seal,
+            amend,
+            lsns: batch.records.iter().map(|r| r.lsn).collect(),
+        };
+        let mode = self.mode();
+        {
+            let mut seen = self.seen.lock().unwrap();
+            seen.stores.push(received.clone());
+            if mode == Mode::Store {
+                let held = seen.held.entry(self.id).or_default();
+                let holds_all = batch
+                    .records
+                    .iter()
+                    .all(|r| held.contains_key(&(batch.log, r.lsn)));
+                if amend && !holds_all {
+                    seen.bad_amends.push(received);
+                } else if !amend {
+                    for r in &batch.records {
+                        held.insert((batch.log, r.lsn), r.payload.clone());
+                    }
+                }
+            }
+        }
+        match mode {
+            Mode::Store => ClientResponse::StoreResult(StoreStatus::Stored),
+            Mode::Refuse => ClientResponse::StoreResult(StoreStatus::Disabled),
+            Mode::Stall => {
+                ctx.shutdown.cancelled().await;
+                ClientResponse::StoreResult(StoreStatus::Overloaded)
+            }
+        }
+    }
+}
+
+/// Acknowledges the sequencer's releases, so they do not fail on an unknown ALPN.
+#[derive(Debug)]
+struct AckReleases;
+
+impl Service<NodeProtocol> for AckReleases {
+    async fn call(&self, _ctx: RequestContext, _req: NodeRequest) -> NodeResponse {
+        NodeResponse::Ack
+    }
+}
+
+/// One sequencer node: its runtime, its server and its membership lease.
+struct Sequencer {
+    id: NodeId,
+    addr: SocketAddr,
+    runtime: Option<SequencerRuntime>,
+    server: Option<Server>,
+    info: NodeInfo,
+    lease: Option<NodeLease>,
+}
+
+impl Sequencer {
+    fn node(&self) -> Arc<SequencerNode> {
+        self.runtime.as_ref().unwrap().node()
+    }
+
+    /// Waits until this sequencer's membership holds `count` nodes.
+    async fn wait_members(&self, count: usize) {
+        let mut view = self.node().membership().subscribe();
+        tokio::time::timeout(T, view.wait_for(|v| v.nodes.len() == count))
+            .await
+            .expect("membership converges")
+            .unwrap();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    store: Arc<MemoryEpochStore>,
+    storage: Vec<Arc<FakeStorage>>,
+    seen: Arc<Mutex<Seen>>,
+    stall_first: Arc<AtomicBool>,
+    sequencers: Vec<Sequencer>,
+    _servers: Vec<Server>,
+    _leases: Vec<NodeLease>,
+    shutdown: CancellationToken,
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn node_info(id: NodeId, addr: SocketAddr, sequencer: bool) -> NodeInfo {
+    NodeInfo {
+        id,
+        address: addr.to_string(),
+        roles: Roles {
+            sequencer,
+            storage: !sequencer,
+        },
+        location: String::new(),
+        weight: 1,
+        state: StorageState::ReadWrite,
+    }
+}
+
+impl Cluster {
+    /// One sequencer (node 1) and `storage` fake storage nodes (101…), all registered.
+    async fn start(storage: u32) -> Cluster {
+        Cluster::start_with(storage, &[1], 1).await
+    }
+
+    /// `storage` fake storage nodes (101…) and sequencers `sequencers`, of which the first
+    /// `registered` are registered in membership (the others run, unregistered).
+    async fn start_with(storage: u32, sequencers: &[u32], registered: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        generate_cluster_certs(&certs, "test", &["127.0.0.1".to_owned()]).unwrap();
+        let identity = || TlsIdentity::load(&certs, "node").unwrap();
+        let store = Arc::new(MemoryEpochStore::new());
+        let shutdown = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stall_first = Arc::new(AtomicBool::new(false));
+        let (mut servers, mut leases, mut fakes) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..storage {
+            let fake = Arc::new(FakeStorage {
+                id: NodeId(101 + i),
+                mode: Mutex::new(Mode::Store),
+                stall_first: stall_first.clone(),
+                seen: seen.clone(),
+            });
+            let server = Server::builder(TransportConfig::default(), identity())
+                .service::<ClientProtocol, _>(fake.clone())
+                .service::<NodeProtocol, _>(Arc::new(AckReleases))
+                .bind(loopback(), shutdown.child_token())
+                .unwrap();
+            let info = node_info(fake.id, server.local_addr(), false);
+            leases.push(store.register_node(info, T).await.unwrap());
+            servers.push(server);
+            fakes.push(fake);
+        }
+        let mut nodes = Vec::new();
+        for (i, &id) in sequencers.iter().enumerate() {
+            let id = NodeId(id);
+            let deps = SequencerDeps {
+                store: store.clone(),
+                releases: Arc::new(
+                    Connector::bind(&identity(), TransportConfig::default(), loopback()).unwrap(),
+                ),
+            };
+            let runtime = run(SequencerConfig::new(id), deps, shutdown.clone())
+                .await
+                .unwrap();
+            let server = Server::builder(TransportConfig::default(), identity())
+                .service::<ClientProtocol, _>(runtime.node())
+                .bind(loopback(), shutdown.child_token())
+                .unwrap();
+            let addr = server.local_addr();
+            let info = node_info(id, addr, true);
+            let lease = if i < registered {
+                Some(store.register_node(info.clone(), T).await.unwrap())
+            } else {
+                None
+            };
+            nodes.push(Sequencer {
+                id,
+                addr,
+                runtime: Some(runtime),
+                server: Some(server),
+                info,
+                lease,
+            });
+        }
+        // The cluster state clients fetch is a sequencer's membership view.
+        for seq in &nodes {
+            seq.wait_members(storage as usize + registered).await;
+        }
+        Cluster {
+            dir,
+            store,
+            storage: fakes,
+            seen,
+            stall_first,
+            sequencers: nodes,
+            _servers: servers,
+            _leases: leases,
+            shutdown,
+        }
+    }
+
+    /// Registers sequencer `i` (started unregistered) and waits until every sequencer sees it.
+    async fn register_sequencer(&mut self, i: usize) {
+        let info = self.sequencers[i].info.clone();
+        self.sequencers[i].lease = Some(self.store.register_node(info, T).await.unwrap());
+        let all = self.storage.len() + self.sequencers.len();
+        for seq in &self.sequencers {
+            seq.wait_members(all).await;
+        }
+    }
+
+    async fn create_log(&self, log: u64, replication: u8) -> LogId {
+        let log = LogId(log);
+        let attributes = LogAttributes {
+            replication,
+            ..LogAttributes::default()
+        };
+        self.store.create_log(log, attributes).await.unwrap();
+        log
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(
+            vec![self.sequencers[0].addr.to_string()],
+            self.dir.path().join("certs"),
+        );
+        // Long enough that only a stalled node ever misses its store timeout, even on a
+        // loaded machine; the stall tests shorten the whole append instead.
+        config.append.store_timeout_initial = Duration::from_secs(1);
+        config.append.append_timeout = T;
+        config
+    }
+
+    async fn client(&self, config: ClientConfig) -> Client {
+        tokio::time::timeout(T, Client::connect(config))
+            .await
+            .expect("connect in time")
+            .unwrap()
+    }
+
+    fn set_mode(&self, node: NodeId, mode: Mode) {
+        let fake = self.storage.iter().find(|f| f.id == node).unwrap();
+        *fake.mode.lock().unwrap() = mode;
+    }
+
+    fn stores(&self, log: LogId) -> Vec<Received> {
+        let seen = self.seen.lock().unwrap();
+        seen.stores
+            .iter()
+            .filter(|r| r.log == log)
+            .cloned()
+            .collect()
+    }
+
+    /// Nodes holding `lsn` of `log` with exactly `payload`.
+    fn holders(&self, log: LogId, lsn: Lsn, payload: &[u8]) -> BTreeSet<NodeId> {
+        let seen = self.seen.lock().unwrap();
+        assert!(
+            seen.bad_amends.is_empty(),
+            "AMEND without a copy: {:?}",
+            seen.bad_amends
+        );
+        seen.held
+            .iter()
+            .filter(|(_, held)| held.get(&(log, lsn)).is_some_and(|p| p == payload))
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    async fn stop(mut self, client: Client) {
+        tokio::time::timeout(T, client.close())
+            .await
+            .expect("client closes");
+        self.shutdown.cancel();
+        for seq in &mut self.sequencers {
+            if let Some(rt) = seq.runtime.take() {
+                tokio::time::timeout(T, rt.stopped())
+                    .await
+                    .expect("sequencer stops");
+            }
+        }
+    }
+}
+
+async fn append(client: &Client, log: LogId, payload: Vec<u8>) -> Result<Lsn, AppendError> {
+    tokio::time::timeout(T + T, client.append(log, payload))
+        .await
+        .expect("the append ends within its own timeout")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_get_increasing_unique_lsns_stored_on_r_nodes() {
+    let cluster = Cluster::start(5).await;
+    let log = cluster.create_log(1, 3).await;
+    let client = cluster.client(cluster.config()).await;
+
+    let mut acked = Vec::new();
+    for i in 0..20u32 {
+        let payload = format!("sequential {i}").into_bytes();
+        let lsn = append(&client, log, payload.clone()).await.unwrap();
+        if let Some((prev, _)) = acked.last() {
+            assert!(lsn > *prev, "{lsn} after {prev}");
+        }
+        acked.push((lsn, payload));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20u32 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let payload = format!("concurrent {i}").into_bytes();
+            (
+                append(&client, log, payload.clone()).await.unwrap(),
+                payload,
+            )
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        acked.push(done.unwrap());
+    }
+    let unique: BTreeSet<Lsn> = acked.iter().map(|(l, _)| *l).collect();
+    assert_eq!(unique.len(), 40, "LSNs are unique");
+
+    let batch: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+    let lsns = client.append_batch(log, batch.clone()).await.unwrap();
+    assert_eq!(
+        lsns.end().0 - lsns.start().0,
+        9,
+        "one run of consecutive LSNs"
+    );
+    assert!(*lsns.start() > *unique.last().unwrap());
+    for (i, payload) in batch.into_iter().enumerate() {
+        acked.push((Lsn(lsns.start().0 + i as u64), payload));
+    }
+
+    for (lsn, payload) in &acked {
+        let holders = cluster.holders(log, *lsn, payload);
+        assert!(holders.len() >= 3, "{lsn} is held by {holders:?} only");
+    }
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_is_routed_around_with_amends_to_earlier_holders() {
+    // Node set of 4 with R = 3: once the stalled node is avoided, wave 2 is the other three.
+    let cluster = Cluster::start(4).await;
+    let log = cluster.create_log(2, 3).await;
+    let client = cluster.client(cluster.config()).await;
+    cluster.stall_first.store(true, Ordering::SeqCst);
+
+    let payload = b"routed around".to_vec();
+    let lsn = append(&client, log, payload.clone()).await.unwrap();
+
+    let stores = cluster.stores(log);
+    let stalled: Vec<NodeId> = cluster
+        .storage
+        .iter()
+        .filter(|f| f.mode() == Mode::Stall)
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(stalled.len(), 1);
+    let stalled = stalled[0];
+    let wave1: BTreeSet<NodeId> = stores
+        .iter()
+        .filter(|r| r.wave == 1)
+        .map(|r| r.node)
+        .collect();
+    let wave2: Vec<&Received> = stores.iter().filter(|r| r.wave == 2).collect();
+    assert_eq!(wave1.len(), 3, "{stores:?}");
+    assert_eq!(wave2.len(), 3, "{stores:?}");
+    assert!(stores.iter().all(|r| r.wave <= 2), "{stores:?}");
+    assert!(
+        wave2.iter().all(|r| r.node != stalled),
+        "the slow node is avoided"
+    );
+    for r in &wave2 {
+        // Members that stored wave 1 get a payload-less AMEND, the new member the payload.
+        assert_eq!(r.amend, wave1.contains(&r.node), "{r:?}");
+        assert_eq!(r.lsns, vec![lsn]);
+    }
+    assert_eq!(wave2.iter().filter(|r| r.amend).count(), 2);
+    let holders = cluster.holders(log, lsn, &payload);
+    let expected: BTreeSet<NodeId> = wave2.iter().map(|r| r.node).collect();
+    assert_eq!(holders, expected);
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fewer_than_r_nodes_answering_the_append_fails_typed_within_its_timeout() {
+    let cluster = Cluster::start(4).await;
+    let refused = cluster.create_log(3, 3).await;
+    let stalled = cluster.create_log(4, 3).await;
+    let mut config = cluster.config();
+    config.append.store_timeout_initial = Duration::from_millis(100);
+    // Refused waves back off 100, 200, 400, 800 ms: the last wave goes out near 1.5 s and
+    // the one after would start past the deadline, so no store is in flight at its end.
+    config.append.append_timeout = Duration::from_millis(2500);
+    let timeout = config.append.append_timeout;
+    let client = cluster.client(config).await;
+    let ids: Vec<NodeId> = cluster.storage.iter().map(|f| f.id).collect();
+
+    // Every node refuses: no copy can exist.
+    for &id in &ids {
+        cluster.set_mode(id, Mode::Refuse);
+    }
+    let started = Instant::now();
+    let err = append(&client, refused, b"nowhere".to_vec())
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err, AppendError::TimedOut);
+    assert!(err.certainly_not_appended());
+    assert!(!cluster.stores(refused).is_empty());
+    // The bound is the append timeout plus scheduling slack, not a speed claim.
+    assert!(
+        elapsed < timeout + Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+
+    // Two of four store, two stall: copies may exist, so the outcome is indeterminate.
+    for (i, &id) in ids.iter().enumerate() {
+        cluster.set_mode(id, if i < 2 { Mode::Store } else { Mode::Stall });
+    }
+    let started = Instant::now();
+    let err = append(&client, stalled, b"half".to_vec())
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, AppendError::Indeterminate { .. }),
+        "expected Indeterminate, got {err:?}"
+    );
+    assert!(!err.certainly_not_appended());
+    assert!(
+        elapsed < timeout + Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_limit_is_refused_before_anything_is_sent() {
+    let cluster = Cluster::start(3).await;
+    let log = cluster.create_log(5, 3).await;
+    let client = cluster.client(cluster.config()).await;
+    let max = client.config().transport.limits.max_payload_bytes;
+
+    let err = append(&client, log, vec![7; max + 1]).await.unwrap_err();
+    assert_eq!(
+        err,
+        AppendError::PayloadTooLarge {
+            index: 0,
+            size: max + 1,
+            max
+        }
+    );
+    assert!(err.certainly_not_appended());
+    let writer = client
+        .buffered_writer(log, BufferedConfig::default())
+        .unwrap();
+    let err = writer.append(vec![7; max + 1]).await.unwrap_err();
+    assert!(
+        matches!(err, AppendError::PayloadTooLarge { .. }),
+        "{err:?}"
+    );
+    assert!(
+        cluster.stores(log).is_empty(),
+        "no storage node saw a STORE"
+    );
+    let sequencer = cluster.sequencers[0].node();
+    assert_eq!(sequencer.log_state(log), None, "no grant was asked for");
+    drop(writer);
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffered_writer_batches_small_appends() {
+    let cluster = Cluster::start(3).await;
+    let log = cluster.create_log(6, 3).await;
+    let client = cluster.client(cluster.config()).await;
+
+    // Count trigger only (the time trigger is far away): 200 records make 4 batches of 50.
+    let writer = client
+        .buffered_writer(
+            log,
+            BufferedConfig {
+                max_batch_records: 50,
+                max_delay: Duration::from_secs(3600),
+                ..BufferedConfig::default()
+            },
+        )
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let writer = writer.clone();
+        tasks.spawn(async move {
+            let payload = format!("small {i}").into_bytes();
+            let lsn = tokio::time::timeout(T, writer.append(payload.clone()))
+                .await
+                .expect("buffered append ends")
+                .unwrap();
+            (lsn, payload)
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        acked.push(done.unwrap());
+    }
+    let unique: BTreeSet<Lsn> = acked.iter().map(|(l, _)| *l).collect();
+    assert_eq!(unique.len(), 200);
+    for (lsn, payload) in &acked {
+        assert_eq!(cluster.holders(log, *lsn, payload).len(), 3, "{lsn}");
+    }
+    let payload_stores: Vec<Received> = cluster
+        .stores(log)
+        .into_iter()
+        .filter(|r| !r.amend)
+        .collect();
+    let batches: BTreeSet<Lsn> = payload_stores.iter().map(|r| r.lsns[0]).collect();
+    assert_eq!(batches.len(), 4, "200 records went out as 4 batches");
+    assert!(payload_stores.iter().all(|r| r.lsns.len() == 50));
+
+    // Time trigger: a few records well under the count trigger still go, as one batch.
+    let slow = client
+        .buffered_writer(
+            log,
+            BufferedConfig {
+                max_delay: Duration::from_millis(500),
+                ..BufferedConfig::default()
+            },
+        )
+        .unwrap();
+    let before = cluster.stores(log).len();
+    let (a, b, c) = tokio::join!(
+        slow.append(b"a".to_vec()),
+        slow.append(b"b".to_vec()),
+        slow.append(b"c".to_vec())
+    );
+    let lsns = BTreeSet::from([a.unwrap(), b.unwrap(), c.unwrap()]);
+    assert_eq!(lsns.len(), 3);
+    let later: Vec<Received> = cluster.stores(log).split_off(before);
+    let firsts: BTreeSet<Lsn> = later.iter().map(|r| r.lsns[0]).collect();
+    assert_eq!(
+        firsts.len(),
+        1,
+        "one batch for the three records: {later:?}"
+    );
+    drop((writer, slow));
+    cluster.stop(client).await;
+}
+
+/// A log id whose owner among sequencers 1 and 2 (equal weights) is `owner`.
+fn log_owned_by(owner: u32, from: u64) -> u64 {
+    let candidates = [(NodeId(1), 1), (NodeId(2), 1)];
+    (from..)
+        .find(|&log| placement::owner(log, &candidates) == Some(NodeId(owner)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_sequencer_the_client_did_not_know_is_followed() {
+    let mut cluster = Cluster::start_with(3, &[1, 2], 1).await;
+    // The client's view has sequencer 1 only; then sequencer 2 joins and owns the log.
+    let client = cluster.client(cluster.config()).await;
+    assert!(client.cluster().node(NodeId(2)).is_none());
+    cluster.register_sequencer(1).await;
+    let log = cluster.create_log(log_owned_by(2, 100), 3).await;
+
+    append(&client, log, b"redirected".to_vec()).await.unwrap();
+    assert!(client.cluster().node(NodeId(2)).is_some(), "view refreshed");
+    assert!(cluster.sequencers[1].node().log_state(log).is_some());
+    assert_eq!(cluster.sequencers[0].node().log_state(log), None);
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_owner_is_unreachable_the_next_in_rank_takes_the_log_over() {
+    let mut cluster = Cluster::start_with(3, &[1, 2], 2).await;
+    let log = cluster.create_log(log_owned_by(2, 200), 3).await;
+    let mut config = cluster.config();
+    config.transport.connect_timeout = Duration::from_millis(500);
+    let client = cluster.client(config).await;
+    // Sequencer 2 stops serving but stays registered: everybody still ranks it first.
+    let server = cluster.sequencers[1].server.take().unwrap();
+    tokio::time::timeout(T, server.shutdown())
+        .await
+        .expect("server stops");
+    assert_eq!(client.cluster().sequencer_owner(log), Some(NodeId(2)));
+
+    append(&client, log, b"taken over".to_vec()).await.unwrap();
+    assert!(cluster.sequencers[0].node().log_state(log).is_some());
+    assert_eq!(cluster.sequencers[1].node().log_state(log), None);
+    assert_eq!(cluster.sequencers[0].id, NodeId(1));
+    cluster.stop(client).await;
+}
