@@ -4,5 +4,3 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}"
 cargo nextest run --config-file .ci/nextest.toml --workspace --all-features --no-fail-fast --profile ci "$@"
-# nextest does not run doctests.
-cargo test --workspace --all-features --doc

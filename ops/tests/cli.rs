@@ -1,0 +1,443 @@
+//! The `tally` binary as a user runs it, as child processes: `tally dev` in a temporary
+//! directory (ephemeral ports, so tests run in parallel), `tally append` with an argument and
+//! with lines on stdin, `tally log create|show`, a graceful SIGTERM and a restart on the same
+//! directory; `tally server` with a file epoch store; config validation naming the bad field.
+//!
+//! Every wait is for a condition (a line on stdout, a process exit) with a generous deadline
+//! that only bounds a failing test; nothing sleeps and nothing is retried.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tally_common::Lsn;
+
+const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+/// Bounds each wait of a failing test (a loaded CI machine builds RocksDB meanwhile).
+const T: Duration = Duration::from_secs(120);
+
+/// A long-running `tally` process (`dev` or `server`) and its stdout, line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = Command::new(TALLY)
+            .args(args)
+            .env_remove("TALLY_SEED")
+            .env_remove("TALLY_CERTS")
+            .env_remove("TALLY_DEV_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tally");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads stdout until a line starts with `prefix`; panics if the process ends first.
+    fn wait_for_line(&mut self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(T) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line starting with {prefix:?} ({e}); stdout so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The value of an indented `  key: value` line seen so far.
+    fn field(&self, key: &str) -> String {
+        let prefix = format!("  {key}:");
+        self.seen
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {key:?} line in:\n{}", self.seen.join("\n")))
+            .trim()
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and waits for the exit; asserts a clean exit and the final line.
+    fn terminate(mut self, last_line: &str) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.wait_for_line(last_line);
+        let status = self.child.wait().expect("wait for tally");
+        assert!(status.success(), "tally exited with {status} after SIGTERM");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only a failed test gets here with the process alive.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Where CLI commands connect.
+struct Target {
+    seed: String,
+    certs: PathBuf,
+}
+
+/// A `tally dev` cluster in `dir` on ephemeral ports, ready.
+struct Dev {
+    proc: Running,
+    target: Target,
+}
+
+impl Dev {
+    fn start(dir: &Path) -> Dev {
+        let dir = dir.to_str().unwrap();
+        let mut proc = Running::spawn(&["dev", "--dir", dir, "--base-port", "0"]);
+        proc.wait_for_line("tally dev: ready");
+        proc.wait_for_line("  certs:");
+        let seed = proc.field("seed");
+        let certs = PathBuf::from(proc.field("certs"));
+        assert!(
+            certs.join("ca.pem").exists(),
+            "certs in {}",
+            certs.display()
+        );
+        Dev {
+            proc,
+            target: Target { seed, certs },
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: &str) -> Output {
+        self.target.run(args, stdin)
+    }
+
+    fn stop(self) {
+        self.proc.terminate("tally dev: stopped");
+    }
+}
+
+impl Target {
+    /// Runs `tally <args> --seed … --certs …` with `stdin`.
+    fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(TALLY)
+            .args(args)
+            .args([
+                "--seed",
+                &self.seed,
+                "--certs",
+                self.certs.to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tally");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("tally output")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The LSNs a successful `tally append` printed, one per line.
+fn lsns(out: &Output) -> Vec<Lsn> {
+    assert!(
+        out.status.success(),
+        "tally append failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            l.parse::<Lsn>()
+                .unwrap_or_else(|_| panic!("not an LSN: {l:?}"))
+        })
+        .collect()
+}
+
+fn increasing(lsns: &[Lsn]) -> bool {
+    lsns.windows(2).all(|w| w[0] < w[1])
+}
+
+#[test]
+fn dev_cluster_appends_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+
+    let one = lsns(&dev.run(&["append", "--log", "1", "hello"], ""));
+    assert_eq!(one.len(), 1);
+    // Four lines (one empty: an empty record) and no newline after the last.
+    let more = lsns(&dev.run(&["append", "--log", "1"], "first\nsecond\n\nlast"));
+    assert_eq!(more.len(), 4, "one LSN per line");
+    let mut all = one.clone();
+    all.extend(&more);
+    assert!(increasing(&all), "LSNs in input order: {all:?}");
+    let count = dev.run(&["append", "--log", "2", "--count"], "a\nb\nc\n");
+    assert!(count.status.success(), "{}", text(&count.stderr));
+    assert_eq!(text(&count.stdout).trim(), "3");
+    dev.stop();
+
+    // Same directory: same certificates, data and logs; a new epoch.
+    let dev = Dev::start(dir.path());
+    let after = lsns(&dev.run(&["append", "--log", "1"], "again\n"));
+    assert_eq!(after.len(), 1);
+    assert!(
+        after[0].epoch() > all.last().unwrap().epoch(),
+        "{} is not in a higher epoch than {}",
+        after[0],
+        all.last().unwrap()
+    );
+    dev.stop();
+}
+
+#[test]
+fn created_logs_take_appends_and_unknown_logs_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let created = dev.run(
+        &[
+            "log",
+            "create",
+            "--log",
+            "100",
+            "--replication",
+            "3",
+            "--durability",
+            "fast",
+            "--window",
+            "128",
+            "--backlog",
+            "12h",
+        ],
+        "",
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let shown = dev.run(&["log", "show", "--log", "100"], "");
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout);
+    for expected in [
+        "replication:    3",
+        "durability:     fast",
+        "window:         128",
+        "backlog:        12h",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} not in:\n{shown}");
+    }
+    let appended = lsns(&dev.run(&["append", "--log", "100"], "x\ny\n"));
+    assert_eq!(appended.len(), 2);
+    assert!(increasing(&appended));
+
+    // Through the buffered writer: every line gets its own LSN (batches may interleave).
+    let mut unordered = lsns(&dev.run(
+        &["append", "--log", "100", "--unordered"],
+        "1\n2\n3\n4\n5\n",
+    ));
+    unordered.sort();
+    unordered.dedup();
+    assert_eq!(unordered.len(), 5, "{unordered:?}");
+    assert!(unordered[0] > appended[1]);
+
+    let again = dev.run(&["log", "create", "--log", "100"], "");
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+    let missing = dev.run(&["append", "--log", "999", "lost"], "");
+    assert!(
+        !missing.status.success(),
+        "append to a missing log succeeded"
+    );
+    let err = text(&missing.stderr);
+    assert!(
+        err.contains("log 999 does not exist") && err.contains("not appended"),
+        "{err}"
+    );
+    let bad = dev.run(&["log", "create", "--log", "101", "--replication", "0"], "");
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("replication"),
+        "{}",
+        text(&bad.stderr)
+    );
+    dev.stop();
+}
+
+#[test]
+fn server_runs_one_node_with_a_file_epoch_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tally_common::transport::generate_cluster_certs(&certs, "solo", &["127.0.0.1".to_owned()])
+        .unwrap();
+    let config = dir.path().join("tally.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"solo\"\nnode_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             certs_dir = {:?}\nroles = [\"sequencer\", \"storage\"]\n\n[epoch_store]\nfile = {:?}\n",
+            dir.path().join("data"),
+            certs,
+            dir.path().join("epochstore"),
+        ),
+    )
+    .unwrap();
+    let mut server = Running::spawn(&["server", "--config", config.to_str().unwrap()]);
+    let ready = server.wait_for_line("tally server: node 1 ready on ");
+    let addr = ready
+        .strip_prefix("tally server: node 1 ready on ")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = Target { seed: addr, certs };
+    let created = client.run(&["log", "create", "--log", "5", "--replication", "1"], "");
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let appended = lsns(&client.run(&["append", "--log", "5"], "one\ntwo\n"));
+    assert_eq!(appended.len(), 2);
+    assert!(increasing(&appended));
+    server.terminate("tally server: node 1 stopped");
+}
+
+#[test]
+fn server_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |toml: &str, flags: &[&str]| {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new(TALLY)
+            .args(["server", "--config", path.to_str().unwrap()])
+            .args(flags)
+            .env_remove("TALLY_NODE_ID")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "accepted {toml:?} {flags:?}");
+        text(&out.stderr)
+    };
+    let base =
+        "node_id = 3\ndata_dir = \"/tmp/x\"\n[epoch_store]\netcd = [\"http://127.0.0.1:2379\"]\n";
+    let err = run(&base.replace("node_id = 3", "node_id = 0"), &[]);
+    assert!(err.contains("node_id"), "{err}");
+    let err = run(base, &["--listen", "somewhere"]);
+    assert!(err.contains("listen") && err.contains("somewhere"), "{err}");
+    let err = run(&format!("colour = \"blue\"\n{base}"), &[]);
+    assert!(err.contains("colour"), "{err}");
+    let err = run(&format!("{base}[storage]\nlease_ttl = \"0s\"\n"), &[]);
+    assert!(err.contains("storage.lease_ttl"), "{err}");
+    let err = run(base, &["--listen", "0.0.0.0:4500"]);
+    assert!(err.contains("advertise"), "{err}");
+}
+
+/// Writes a node config for an etcd cluster and returns its path.
+fn etcd_node_config(dir: &Path, id: u32, roles: &str, etcd: &str, certs: &Path) -> PathBuf {
+    let path = dir.join(format!("node{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "cluster = \"pair\"\nnode_id = {id}\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             certs_dir = {certs:?}\nroles = [{roles}]\n\n[epoch_store]\netcd = [{etcd:?}]\n",
+            dir.join(format!("data{id}")),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The address a `tally server` printed in its ready line.
+fn ready_addr(server: &mut Running, id: u32) -> String {
+    let prefix = format!("tally server: node {id} ready on ");
+    let line = server.wait_for_line(&prefix);
+    line[prefix.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn servers_on_etcd_form_a_cluster_and_leave_membership_on_sigterm() {
+    use tally_epochstore::EpochStore;
+    let etcd = tally_epochstore::harness::EtcdHarness::start()
+        .await
+        .expect("start etcd");
+    let url = etcd.client_url();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tally_common::transport::generate_cluster_certs(&certs, "pair", &["127.0.0.1".to_owned()])
+        .unwrap();
+    let both = etcd_node_config(dir.path(), 1, "\"sequencer\", \"storage\"", &url, &certs);
+    let storage = etcd_node_config(dir.path(), 2, "\"storage\"", &url, &certs);
+    // Node 2 first: node 1 loads membership when it starts, so its views (which clients
+    // ask for the cluster state) hold node 2 without waiting for the watch.
+    // Flags override the file: node 2 is given its roles on the command line.
+    let mut node2 = Running::spawn(&[
+        "server",
+        "--config",
+        storage.to_str().unwrap(),
+        "--roles",
+        "storage",
+    ]);
+    ready_addr(&mut node2, 2);
+    let mut node1 = Running::spawn(&["server", "--config", both.to_str().unwrap()]);
+    let addr = ready_addr(&mut node1, 1);
+
+    let store = etcd.store("pair").await.unwrap();
+    let ids = |nodes: Vec<tally_common::meta::NodeInfo>| {
+        let mut ids: Vec<u32> = nodes.iter().map(|n| n.id.0).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(ids(store.list_nodes().await.unwrap()), vec![1, 2]);
+
+    let client = Target { seed: addr, certs };
+    let created = client.run(&["log", "create", "--log", "9", "--replication", "2"], "");
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let appended = lsns(&client.run(&["append", "--log", "9"], "a\nb\nc\n"));
+    assert_eq!(appended.len(), 3);
+    assert!(increasing(&appended));
+
+    // A graceful stop revokes the lease: the node is gone from membership at once.
+    node2.terminate("tally server: node 2 stopped");
+    assert_eq!(ids(store.list_nodes().await.unwrap()), vec![1]);
+    node1.terminate("tally server: node 1 stopped");
+    assert!(store.list_nodes().await.unwrap().is_empty());
+}
