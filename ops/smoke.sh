@@ -9,3 +9,4 @@ cargo run -q -p tally -- --version
 cargo bench -q -p tally-benches --bench wire -- --test
 cargo run -q -p tally -- bench epochstore --quick --json "$out/epochstore.json"
 cargo run -q -p tally -- bench storage --quick --json "$out/storage.json"
+cargo run -q -p tally -- bench write --quick --json "$out/write.json"

@@ -111,8 +111,26 @@ fn dev_logsdb() -> LogsDbConfig {
     }
 }
 
+/// The spec of dev node `id` with its data in `dir/nodes/<id>` and certificates in
+/// `dir/certs` (also used by `tally bench write` for its in-process cluster).
+pub(crate) fn node_spec(dir: &Path, id: u32, roles: Roles, listen: SocketAddr) -> NodeSpec {
+    let mut storage = StorageConfig::new(NodeId(id), DEV_CLUSTER, dir.join(format!("nodes/{id}")));
+    storage.logsdb = dev_logsdb();
+    NodeSpec {
+        id: NodeId(id),
+        roles,
+        listen,
+        advertise: None,
+        certs_dir: dir.join("certs"),
+        transport: TransportConfig::default(),
+        storage,
+        sequencer: SequencerConfig::new(NodeId(id)),
+        lease_ttl: Duration::from_secs(10),
+    }
+}
+
 /// Generates the dev cluster's certificates unless they exist.
-fn ensure_certs(certs: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_certs(certs: &Path) -> anyhow::Result<()> {
     if certs.join("ca.pem").exists() {
         for file in ["node.pem", "node.key", "client.pem", "client.key"] {
             anyhow::ensure!(
@@ -158,22 +176,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let loopback = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-    let spec = |id: u32, roles: Roles, listen: SocketAddr| {
-        let mut storage =
-            StorageConfig::new(NodeId(id), DEV_CLUSTER, dir.join(format!("nodes/{id}")));
-        storage.logsdb = dev_logsdb();
-        NodeSpec {
-            id: NodeId(id),
-            roles,
-            listen,
-            advertise: None,
-            certs_dir: certs.clone(),
-            transport: TransportConfig::default(),
-            storage,
-            sequencer: SequencerConfig::new(NodeId(id)),
-            lease_ttl: Duration::from_secs(10),
-        }
-    };
+    let spec = |id: u32, roles: Roles, listen: SocketAddr| node_spec(&dir, id, roles, listen);
 
     let mut nodes = Vec::new();
     let started = async {
@@ -302,7 +305,7 @@ async fn create_logs(
 
 /// Stops nodes, sequencer first (it stops granting before the storage nodes go away).
 /// Returns whether every node stopped cleanly.
-async fn stop(mut nodes: Vec<node::RunningNode>) -> bool {
+pub(crate) async fn stop(mut nodes: Vec<node::RunningNode>) -> bool {
     let mut ok = true;
     while let Some(node) = nodes.pop() {
         let id = node.id;

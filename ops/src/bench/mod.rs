@@ -4,6 +4,7 @@ use clap::{Args, Subcommand};
 
 mod epochstore;
 mod storage;
+mod write;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -17,11 +18,15 @@ enum BenchCommand {
     Storage(storage::StorageBenchArgs),
     /// Epoch store activation latency (etcd started locally, or the file store).
     Epochstore(epochstore::EpochstoreBenchArgs),
+    /// The write path end to end: appends/s and ack latency at concurrency 1, 16, 256,
+    /// durable and fast (an in-process dev cluster, or `--seed`).
+    Write(write::WriteBenchArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Storage(a) => storage::run(a),
         BenchCommand::Epochstore(a) => epochstore::run(a),
+        BenchCommand::Write(a) => write::run(a),
     }
 }
