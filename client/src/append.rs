@@ -10,8 +10,8 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use tally_common::transport::TransportError;
-use tally_common::wire::StoreBatch;
 use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
+use tally_common::wire::{StoreBatch, StoreStatus};
 use tally_common::{Copyset, LogId, Lsn, NodeId};
 use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
@@ -49,6 +49,10 @@ async fn write_copies(
     let nodes = shared.cluster.current().nodes();
     let policy = AppendPolicy {
         append_timeout: deadline.saturating_duration_since(now),
+        store_timeout_initial: shared.store_latency.first_wave_timeout(
+            shared.config.append.store_timeout_initial,
+            shared.config.append.store_timeout_max,
+        ),
         domain_scope: shared.config.domain_scope_for(&grant.node_set, &nodes),
         ..shared.config.append
     };
@@ -126,12 +130,18 @@ async fn store(shared: Arc<Shared>, node: NodeId, batch: StoreBatch, timeout: Du
             may_have_been_applied: false,
         };
     };
+    let started = Instant::now();
     match shared
         .connector
         .call(addr, &ClientRequest::Store(batch), timeout)
         .await
     {
-        Ok(ClientResponse::StoreResult(status)) => Event::StoreReply { node, wave, status },
+        Ok(ClientResponse::StoreResult(status)) => {
+            if status == StoreStatus::Stored {
+                shared.store_latency.record(started.elapsed());
+            }
+            Event::StoreReply { node, wave, status }
+        }
         Ok(ClientResponse::Error(e)) => transport_failed(node, wave, TransportError::Remote(e)),
         Ok(other) => {
             tracing::warn!(%node, answer = ?other, "unexpected answer to a STORE");

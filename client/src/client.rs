@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) connector: Arc<Connector<ClientProtocol>>,
     pub(crate) cluster: ClusterView,
     graylist: Mutex<Graylist>,
+    /// Running average of STORE round trips: the first wave's timeout follows it.
+    pub(crate) store_latency: crate::latency::StoreLatency,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -88,6 +90,7 @@ impl Client {
         .await?;
         let shared = Arc::new(Shared {
             graylist: Mutex::new(Graylist::new(config.graylist)),
+            store_latency: crate::latency::StoreLatency::default(),
             config,
             connector,
             cluster,

@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod graylist;
+mod latency;
 pub mod placement;
 pub mod reader;
 mod sequence;
