@@ -448,9 +448,20 @@ impl Appender {
         self.start_wave(now, graylist, rng)
     }
 
+    /// Nodes a wave should skip, graded: graylisted nodes (mild: slow or busy for someone),
+    /// then nodes that failed this very append (strong). Nodes that already hold the payload
+    /// are never mildly avoided: they only need an AMEND and have just shown they store. When
+    /// too few healthy nodes remain, the copyset is filled from the mild tier before the strong
+    /// one, so a dead node is not retried while merely slow ones are left unused.
+    fn avoid_tiers(&self, now: Instant, graylist: &Graylist) -> [BTreeSet<NodeId>; 2] {
+        let mut mild = graylist.avoid_set(&self.node_set, now);
+        mild.retain(|n| !self.holders.contains(n) && !self.failed.contains(n));
+        [mild, self.failed.clone()]
+    }
+
     fn avoid_set(&self, now: Instant, graylist: &Graylist) -> BTreeSet<NodeId> {
-        let mut avoid = graylist.avoid_set(&self.node_set, now);
-        avoid.extend(self.failed.iter().copied());
+        let [mut avoid, failed] = self.avoid_tiers(now, graylist);
+        avoid.extend(failed);
         avoid
     }
 
@@ -464,10 +475,10 @@ impl Appender {
             return vec![self.timed_out()];
         }
         self.wave += 1;
-        let avoid = self.avoid_set(now, graylist);
+        let [mild, strong] = self.avoid_tiers(now, graylist);
         self.copyset = self
             .selector
-            .select(self.replication, &avoid, rng)
+            .select_tiered(self.replication, &[&mild, &strong], rng)
             .expect("same nodes and replication as the selection checked in start");
         let timeout = self
             .policy

@@ -174,17 +174,48 @@ impl CopysetSelector {
         avoid: &BTreeSet<NodeId>,
         rng: &mut R,
     ) -> Result<Copyset, PlacementError> {
+        self.select_tiered(replication, &[avoid], rng)
+    }
+
+    /// Like [`CopysetSelector::select`] with graded avoidance: `avoid[0]` is the mildest
+    /// reason to skip a node, each later set a stronger one. A node ranks by the strongest set
+    /// that holds it (zero-weight nodes rank below every set); copysets are filled from the best
+    /// rank down, so a node avoided for a mild reason (say, slow) is used before one avoided
+    /// for a strong one (say, it just failed this very append).
+    pub fn select_tiered<R: Rng + ?Sized>(
+        &self,
+        replication: usize,
+        avoid: &[&BTreeSet<NodeId>],
+        rng: &mut R,
+    ) -> Result<Copyset, PlacementError> {
         self.check(replication)?;
-        let (preferred, fallback): (Vec<usize>, Vec<usize>) = (0..self.nodes.len())
-            .partition(|&i| self.nodes[i].weight > 0 && !avoid.contains(&self.nodes[i].id));
-        let mut chosen = if preferred.len() >= replication {
-            self.pick(&preferred, replication, &BTreeSet::new(), rng)
-        } else {
-            let used: BTreeSet<usize> = preferred.iter().map(|&i| self.nodes[i].domain).collect();
-            let mut all = preferred.clone();
-            all.extend(self.pick(&fallback, replication - preferred.len(), &used, rng));
-            all
+        let rank = |i: usize| -> usize {
+            let node = &self.nodes[i];
+            if node.weight == 0 {
+                return avoid.len() + 1;
+            }
+            avoid
+                .iter()
+                .rposition(|set| set.contains(&node.id))
+                .map_or(0, |t| t + 1)
         };
+        let mut tiers: Vec<Vec<usize>> = vec![Vec::new(); avoid.len() + 2];
+        for i in 0..self.nodes.len() {
+            tiers[rank(i)].push(i);
+        }
+        let mut chosen: Vec<usize> = Vec::with_capacity(replication);
+        for tier in &tiers {
+            let missing = replication - chosen.len();
+            if missing == 0 {
+                break;
+            }
+            if tier.len() <= missing {
+                chosen.extend(tier.iter().copied());
+            } else {
+                let used: BTreeSet<usize> = chosen.iter().map(|&i| self.nodes[i].domain).collect();
+                chosen.extend(self.pick(tier, missing, &used, rng));
+            }
+        }
         // Callers treat the first member specially (the "first outstanding" node of a wave),
         // so its position must not depend on which tier it came from.
         chosen.shuffle(rng);
@@ -409,6 +440,32 @@ mod tests {
         // Everything avoided still yields R distinct nodes.
         let cs = sel.select(5, &avoid(&[0, 1, 2, 3, 4]), &mut rng).unwrap();
         assert_eq!(cs.len(), 5);
+    }
+
+    #[test]
+    fn mildly_avoided_nodes_come_before_strongly_avoided_ones() {
+        // Five nodes, R = 3: node 4 healthy, 0, 1 and 3 slow (mild), 2 failed this append
+        // (strong). The failed node must not be picked while slow ones are left.
+        let sel = uniform(5);
+        let mut rng = StdRng::seed_from_u64(11);
+        let (mild, strong) = (avoid(&[0, 1, 3]), avoid(&[2]));
+        for _ in 0..500 {
+            let cs = sel.select_tiered(3, &[&mild, &strong], &mut rng).unwrap();
+            assert!(cs.contains(NodeId(4)), "{cs:?}");
+            assert!(!cs.contains(NodeId(2)), "{cs:?}");
+        }
+        // A node in both sets ranks by the stronger one.
+        let both = avoid(&[0, 1, 2, 3]);
+        for _ in 0..200 {
+            let cs = sel.select_tiered(4, &[&both, &strong], &mut rng).unwrap();
+            assert!(!cs.contains(NodeId(2)), "{cs:?}");
+        }
+        // Only when nothing milder is left is the strongly avoided node used.
+        assert!(
+            sel.select_tiered(5, &[&mild, &strong], &mut rng)
+                .unwrap()
+                .contains(NodeId(2))
+        );
     }
 
     #[test]
