@@ -12,6 +12,7 @@
 //!   production backend on etcd v3.
 //! - [`mod@file`] ([`FileEpochStore`]): the embedded single-machine backend.
 //! - [`memory`] ([`MemoryEpochStore`]): for unit tests and the simulator.
+//! - [`view`] ([`MembershipView`]): a node's live membership view, followed from the watch.
 //! - `harness` (`EtcdHarness`, feature `harness`): a real local etcd for any crate's tests,
 //!   and `conformance`, the suite every backend passes.
 
@@ -24,6 +25,7 @@ pub mod memory;
 pub mod nodeset;
 pub mod store;
 pub mod update;
+pub mod view;
 
 #[cfg(feature = "harness")]
 pub mod conformance;
@@ -38,3 +40,4 @@ pub use store::{
     ActivateOptions, Activation, BoxFuture, EpochStore, EpochStoreError, MembershipEvent,
     NodeLease, NodeWatch,
 };
+pub use view::{Members, MembershipView};

@@ -48,8 +48,9 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{ConfigError, SequencerConfig};
 pub use logs::{ActivationError, LogTable};
-pub use placement::{Membership, MembershipView, Placement};
+pub use placement::{Membership, Placement};
 pub use releases::ReleaseBroadcaster;
+pub use tally_epochstore::{Members, MembershipView};
 
 use logs::Effects;
 

@@ -315,11 +315,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
         config,
     });
-    tracker.spawn(cluster.watch(
-        deps.store.clone(),
-        node.config.membership_retry,
-        shutdown.clone(),
-    ));
+    {
+        let (cluster, store, retry, shutdown) = (
+            cluster.clone(),
+            deps.store.clone(),
+            node.config.membership_retry,
+            shutdown.clone(),
+        );
+        tracker.spawn(async move { cluster.follow(store, retry, shutdown).await });
+    }
     {
         let (disk, interval, shutdown) = (
             disk.clone(),
