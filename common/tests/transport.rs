@@ -456,3 +456,91 @@ async fn unknown_protocol_version_is_refused_clearly() {
         err.message
     );
 }
+
+/// A server with `config` and a raw quinn connection to it (to send what no `Connector` would).
+async fn raw_pair(config: TransportConfig) -> (tempfile::TempDir, Server, quinn::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    generate_cluster_certs(&certs, "test", &["127.0.0.1".to_owned()]).unwrap();
+    let (tx, _entered) = mpsc::unbounded_channel();
+    let service = Arc::new(TestService {
+        entered: tx,
+        release: Arc::new(Notify::new()),
+    });
+    let server = Server::builder(config, TlsIdentity::load(&certs, "node").unwrap())
+        .service::<ClientProtocol, _>(service)
+        .bind("127.0.0.1:0".parse().unwrap(), CancellationToken::new())
+        .unwrap();
+    let identity = TlsIdentity::load(&certs, "client").unwrap();
+    let tls = tally_common::transport::tls::client_config(
+        &identity,
+        tally_common::transport::ALPN_CLIENT,
+    )
+    .unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint
+        .connect(
+            server.local_addr(),
+            tally_common::transport::NODE_SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    (dir, server, conn)
+}
+
+/// A peer that opens a stream and stalls inside its request does not hold the stream past the
+/// request read timeout.
+#[tokio::test]
+async fn stalled_request_is_dropped_after_the_read_timeout() {
+    let config = TransportConfig {
+        request_read_timeout: Duration::from_millis(200),
+        ..TransportConfig::default()
+    };
+    let (_dir, _server, conn) = raw_pair(config).await;
+    // Three bytes of a 12-byte header, then nothing: the server gives up on the stream.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0]).await.unwrap();
+    let ended = tokio::time::timeout(T, recv.read_to_end(1 << 16))
+        .await
+        .expect("the server ends the stream");
+    assert!(
+        ended.is_err(),
+        "the stream is reset, not answered: {ended:?}"
+    );
+}
+
+/// Shutdown does not wait for a stream whose request never arrives (it would otherwise wait
+/// out the whole grace period, here longer than the test's patience).
+#[tokio::test]
+async fn stalled_request_does_not_delay_shutdown() {
+    let config = TransportConfig {
+        request_read_timeout: Duration::from_secs(600),
+        shutdown_grace: Duration::from_secs(600),
+        ..TransportConfig::default()
+    };
+    let (_dir, server, conn) = raw_pair(config).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    // Make sure the server has the stream before shutting down: a full request on another
+    // stream of the same connection is answered after the stalled one was accepted.
+    let (mut s2, mut r2) = conn.open_bi().await.unwrap();
+    let body =
+        tally_common::wire::WireMessage::encode(&ClientRequest::GetTail { log: LogId(1) }).unwrap();
+    let header = tally_common::wire::FrameHeader {
+        body_len: body.len() as u32,
+        version: tally_common::wire::PROTOCOL_VERSION,
+        kind: tally_common::wire::FrameKind::Request,
+        timeout_ms: 5000,
+    }
+    .encode();
+    s2.write_all(&header).await.unwrap();
+    s2.write_all(&body).await.unwrap();
+    s2.finish().unwrap();
+    r2.read_to_end(1 << 16).await.unwrap();
+    tokio::time::timeout(T, server.shutdown())
+        .await
+        .expect("shutdown must not wait for the stalled stream");
+}

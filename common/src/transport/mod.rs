@@ -88,6 +88,10 @@ pub struct TransportConfig {
     pub max_concurrent_streams: u32,
     /// On shutdown, how long in-flight requests may take before connections are closed.
     pub shutdown_grace: Duration,
+    /// How long a peer may take to deliver the first frame of a stream it opened. A stream
+    /// whose request never completes (a sender that died or stalls mid-frame) is dropped after
+    /// this, instead of holding a task until the connection idles out.
+    pub request_read_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -99,6 +103,7 @@ impl Default for TransportConfig {
             keep_alive: Duration::from_secs(5),
             max_concurrent_streams: 1024,
             shutdown_grace: Duration::from_secs(5),
+            request_read_timeout: Duration::from_secs(10),
         }
     }
 }

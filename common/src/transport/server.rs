@@ -178,6 +178,7 @@ trait StreamHandler: Send + Sync {
 struct Adapter<P, S> {
     service: Arc<S>,
     limits: Limits,
+    request_read_timeout: Duration,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -192,6 +193,7 @@ impl<P: Protocol, S: Service<P>> StreamHandler for Adapter<P, S> {
         Box::pin(handle_stream::<P, S>(
             self.service.clone(),
             self.limits,
+            self.request_read_timeout,
             peer,
             send,
             recv,
@@ -212,12 +214,24 @@ fn refusal(e: &FrameError) -> RemoteError {
 async fn handle_stream<P: Protocol, S: Service<P>>(
     service: Arc<S>,
     limits: Limits,
+    request_read_timeout: Duration,
     peer: SocketAddr,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shutdown: CancellationToken,
 ) {
-    let frame = match read_frame(&mut recv, limits.max_frame_bytes).await {
+    // The request must arrive within its own bound, and shutdown does not wait for it.
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(request_read_timeout, read_frame(&mut recv, limits.max_frame_bytes)) => r,
+    };
+    let Ok(first) = first else {
+        debug!(%peer, timeout = ?request_read_timeout, "request not received in time; dropping the stream");
+        let _ = recv.stop(codes::TIMEOUT);
+        let _ = send.reset(codes::TIMEOUT);
+        return;
+    };
+    let frame = match first {
         Ok(Some(frame)) => frame,
         Ok(None) => return,
         Err(ReadFrameError::Refused(e)) => {
@@ -352,6 +366,7 @@ impl ServerBuilder {
         let adapter = Adapter::<P, S> {
             service,
             limits: self.config.limits,
+            request_read_timeout: self.config.request_read_timeout,
             _protocol: PhantomData,
         };
         self.handlers.insert(P::ALPN, Arc::new(adapter));
