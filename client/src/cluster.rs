@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tally_common::meta::NodeInfo;
 use tally_common::placement;
+use tally_common::transport::resolve;
 use tally_common::transport::{ClientProtocol, Connector};
 use tally_common::wire::client::{ClientRequest, ClientResponse};
 use tally_common::{LogId, NodeId};
@@ -196,18 +197,6 @@ impl ClusterView {
     pub async fn address(&self, node: NodeId) -> Option<SocketAddr> {
         let address = self.current().node(node)?.address.clone();
         resolve(&address, self.request_timeout).await
-    }
-}
-
-/// `host:port` as a socket address: parsed when it is one, else looked up (bounded: a
-/// resolver may hang).
-pub async fn resolve(address: &str, timeout: Duration) -> Option<SocketAddr> {
-    if let Ok(addr) = address.parse() {
-        return Some(addr);
-    }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host(address)).await {
-        Ok(Ok(mut addrs)) => addrs.next(),
-        _ => None,
     }
 }
 

@@ -92,17 +92,11 @@ impl MembershipView {
     /// are looked up with a bound, the resolver may hang).
     pub async fn address(&self, node: NodeId) -> Option<SocketAddr> {
         let address = self.view.borrow().nodes.get(&node)?.address.clone();
-        if let Ok(addr) = address.parse() {
-            return Some(addr);
+        let resolved = tally_common::transport::resolve(&address, Duration::from_secs(2)).await;
+        if resolved.is_none() {
+            tracing::debug!(%node, %address, "node address does not resolve");
         }
-        let lookup = tokio::net::lookup_host(address.clone());
-        match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-            Ok(Ok(mut addrs)) => addrs.next(),
-            _ => {
-                tracing::debug!(%node, %address, "node address does not resolve");
-                None
-            }
-        }
+        resolved
     }
 
     fn publish(&self, change: impl FnOnce(&mut Members)) {

@@ -29,6 +29,18 @@ use crate::wire::client::{ClientRequest, ClientResponse};
 use crate::wire::node::{NodeRequest, NodeResponse};
 use crate::wire::{DecodeError, EncodeError, ErrorCode, FrameError, RemoteError, WireMessage};
 
+/// `host:port` as a socket address: parsed when it is one, else looked up, within `timeout`
+/// (a resolver may hang). The one place node addresses and seeds are resolved.
+pub async fn resolve(address: &str, timeout: Duration) -> Option<std::net::SocketAddr> {
+    if let Ok(addr) = address.parse() {
+        return Some(addr);
+    }
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(address)).await {
+        Ok(Ok(mut addrs)) => addrs.next(),
+        _ => None,
+    }
+}
+
 /// ALPN of the client ↔ node protocol.
 pub const ALPN_CLIENT: &[u8] = b"tally-client/1";
 /// ALPN of the node ↔ node protocol.

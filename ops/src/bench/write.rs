@@ -40,7 +40,6 @@ use serde::Serialize;
 use tally_client::{Client, ClientConfig};
 use tally_common::LogId;
 use tally_common::meta::{Durability, LogAttributes, Roles};
-use tally_common::transport::{ClientProtocol, Connector, TlsIdentity, TransportConfig};
 use tally_common::wire::ErrorCode;
 use tally_common::wire::client::{ClientRequest, ClientResponse};
 use tally_epochstore::{EpochStore, FileEpochStore};
@@ -48,7 +47,7 @@ use tally_storage_node::logsdb::WriteStats;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::log::DurabilityArg;
+use crate::cli::log::{DurabilityArg, call_cluster};
 use crate::{dev, node};
 
 #[derive(Debug, Args)]
@@ -98,7 +97,6 @@ const DISTINCT_PAYLOADS: usize = 64;
 const STORAGE_NODES: u32 = 3;
 const FIRST_DURABLE_LOG: u64 = 1001;
 const FIRST_FAST_LOG: u64 = 2001;
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Distinct error messages printed per case (all errors are counted).
 const ERRORS_SHOWN: usize = 5;
 
@@ -592,67 +590,32 @@ async fn ensure_logs(
         DurabilityArg::Durable => Durability::Durable,
         DurabilityArg::Fast => Durability::Fast,
     };
-    let identity = TlsIdentity::load(certs, "client").with_context(|| {
-        format!(
-            "cannot load the client certificate from {} (see --certs)",
-            certs.display()
-        )
-    })?;
-    let connector = Connector::<ClientProtocol>::new(&identity, TransportConfig::default())?;
-    let result = async {
-        let mut seed_addrs = Vec::new();
-        for seed in seeds {
-            seed_addrs.extend(
-                tokio::net::lookup_host(seed.as_str())
-                    .await
-                    .with_context(|| format!("seed {seed:?} is not a host:port that resolves"))?,
-            );
-        }
-        let seed = *seed_addrs.first().context("no seed address")?;
-        let sequencer: SocketAddr = match connector
-            .call(seed, &ClientRequest::GetClusterState, ADMIN_TIMEOUT)
-            .await
-            .with_context(|| format!("cannot reach {seed}"))?
-        {
-            ClientResponse::ClusterState { nodes, .. } => nodes
-                .iter()
-                .find(|n| n.roles.sequencer)
-                .context("the cluster has no sequencer node")?
-                .address
-                .parse()
-                .context("the sequencer node's address is not host:port")?,
-            other => anyhow::bail!("cluster state: unexpected answer {other:?}"),
+    let attributes = LogAttributes {
+        replication,
+        durability,
+        ..LogAttributes::default()
+    };
+    for &log in logs {
+        let create = ClientRequest::CreateLog {
+            log,
+            attributes: attributes.clone(),
         };
-        let attributes = LogAttributes {
-            replication,
-            durability,
-            ..LogAttributes::default()
-        };
-        for &log in logs {
-            let req = ClientRequest::CreateLog {
-                log,
-                attributes: attributes.clone(),
-            };
-            match connector.call(sequencer, &req, ADMIN_TIMEOUT).await? {
-                ClientResponse::LogCreated => {}
-                ClientResponse::Error(e) if e.code == ErrorCode::AlreadyExists => {
-                    let req = ClientRequest::GetLogMetadata { log };
-                    match connector.call(sequencer, &req, ADMIN_TIMEOUT).await? {
-                        ClientResponse::LogMetadata(meta) => anyhow::ensure!(
-                            meta.attributes.durability == durability,
-                            "log {log} exists with durability {:?}, the benchmark needs {:?}",
-                            meta.attributes.durability,
-                            durability
-                        ),
-                        other => anyhow::bail!("log {log}: unexpected answer {other:?}"),
-                    }
+        match call_cluster(seeds, certs, &create, true).await? {
+            ClientResponse::LogCreated => {}
+            ClientResponse::Error(e) if e.code == ErrorCode::AlreadyExists => {
+                let show = ClientRequest::GetLogMetadata { log };
+                match call_cluster(seeds, certs, &show, true).await? {
+                    ClientResponse::LogMetadata(meta) => anyhow::ensure!(
+                        meta.attributes.durability == durability,
+                        "log {log} exists with durability {:?}, the benchmark needs {:?}",
+                        meta.attributes.durability,
+                        durability
+                    ),
+                    other => anyhow::bail!("log {log}: unexpected answer {other:?}"),
                 }
-                other => anyhow::bail!("cannot create log {log}: {other:?}"),
             }
+            other => anyhow::bail!("cannot create log {log}: {other:?}"),
         }
-        anyhow::Ok(())
     }
-    .await;
-    connector.close().await;
-    result
+    Ok(())
 }

@@ -3,12 +3,13 @@
 //! `GetLogMetadata` to any node).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tally_common::LogId;
 use tally_common::meta::{Durability, LogAttributes, LogMetadata};
-use tally_common::transport::{ClientProtocol, Connector, TlsIdentity, TransportConfig};
+use tally_common::transport::{ClientProtocol, Connector, TlsIdentity, TransportConfig, resolve};
 use tally_common::wire::client::{ClientRequest, ClientResponse};
 
 use super::ConnectArgs;
@@ -63,25 +64,26 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connector for admin calls and the seed addresses.
 async fn admin(
-    connect: &ConnectArgs,
+    seeds: &[String],
+    certs: &Path,
 ) -> anyhow::Result<(Connector<ClientProtocol>, Vec<SocketAddr>)> {
-    let certs = connect.certs_dir();
-    let identity = TlsIdentity::load(&certs, "client").with_context(|| {
+    let identity = TlsIdentity::load(certs, "client").with_context(|| {
         format!(
             "cannot load the client certificate from {} (see --certs)",
             certs.display()
         )
     })?;
     let connector = Connector::new(&identity, TransportConfig::default())?;
-    let mut seeds = Vec::new();
-    for seed in &connect.seed {
-        let addrs = tokio::net::lookup_host(seed.as_str())
-            .await
-            .with_context(|| format!("seed {seed:?} is not a host:port that resolves"))?;
-        seeds.extend(addrs);
+    let mut addrs = Vec::new();
+    for seed in seeds {
+        addrs.push(
+            resolve(seed, ADMIN_TIMEOUT)
+                .await
+                .with_context(|| format!("seed {seed:?} is not a host:port that resolves"))?,
+        );
     }
-    anyhow::ensure!(!seeds.is_empty(), "no seed address (see --seed)");
-    Ok((connector, seeds))
+    anyhow::ensure!(!addrs.is_empty(), "no seed address (see --seed)");
+    Ok((connector, addrs))
 }
 
 fn remote(resp: ClientResponse, what: &str) -> anyhow::Error {
@@ -93,12 +95,13 @@ fn remote(resp: ClientResponse, what: &str) -> anyhow::Error {
 
 /// Sends `req` to the first node that answers; `sequencer_only` asks only sequencer nodes
 /// (found through the cluster state of the seeds).
-async fn call_cluster(
-    connect: &ConnectArgs,
+pub(crate) async fn call_cluster(
+    seeds: &[String],
+    certs: &Path,
     req: &ClientRequest,
     sequencer_only: bool,
 ) -> anyhow::Result<ClientResponse> {
-    let (connector, seeds) = admin(connect).await?;
+    let (connector, seeds) = admin(seeds, certs).await?;
     let mut targets = seeds.clone();
     let mut errors = Vec::new();
     if sequencer_only {
@@ -110,7 +113,7 @@ async fn call_cluster(
             {
                 Ok(ClientResponse::ClusterState { nodes, .. }) => {
                     for node in nodes.iter().filter(|n| n.roles.sequencer) {
-                        if let Ok(addr) = node.address.parse() {
+                        if let Some(addr) = resolve(&node.address, ADMIN_TIMEOUT).await {
                             targets.push(addr);
                         }
                     }
@@ -155,7 +158,7 @@ pub async fn create(args: LogCreateArgs) -> anyhow::Result<()> {
         log: args.log,
         attributes,
     };
-    match call_cluster(&args.connect, &req, true).await? {
+    match call_cluster(&args.connect.seed, &args.connect.certs_dir(), &req, true).await? {
         ClientResponse::LogCreated => {
             println!("log {} created", args.log);
             Ok(())
@@ -166,10 +169,11 @@ pub async fn create(args: LogCreateArgs) -> anyhow::Result<()> {
 
 pub async fn show(args: LogShowArgs) -> anyhow::Result<()> {
     let req = ClientRequest::GetLogMetadata { log: args.log };
-    let meta = match call_cluster(&args.connect, &req, false).await? {
-        ClientResponse::LogMetadata(meta) => meta,
-        other => return Err(remote(other, &format!("cannot show log {}", args.log))),
-    };
+    let meta =
+        match call_cluster(&args.connect.seed, &args.connect.certs_dir(), &req, false).await? {
+            ClientResponse::LogMetadata(meta) => meta,
+            other => return Err(remote(other, &format!("cannot show log {}", args.log))),
+        };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&meta)?);
     } else {
