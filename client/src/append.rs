@@ -1,40 +1,345 @@
-//! Driving one append over the network (DESIGN §6): check the payloads (nothing is sent for a
-//! batch over the limits), get a grant (`sequence`), then run the pure [`Appender`]: its
-//! STOREs go out concurrently, each answer, store timeout or transport failure comes back as
-//! an [`Event`], and a `Tick` is delivered when the appender asks ([`Appender::wake_at`]: a
-//! waiting wave, the append timeout), so the append ends even if nothing answers. On completion the LSNs are returned at once and `ReportStored` goes to
-//! the sequencer in the background: the application does not wait for it, and a lost report
-//! is settled by the sequencer's abandoned-LSN path.
+//! Driving appends over the network (DESIGN §6). An append is checked (nothing is sent for
+//! payloads over the limits), then queued behind the appends of its log that wait
+//! (`queue`: [`LogQueue`]). Concurrent appends to one log are coalesced: while one batch of
+//! the log waits for its grant, the appends arriving meanwhile gather, and when the grant
+//! comes back they go out together as the next batch — one `Sequence{count = n}`, one STORE
+//! per copyset member, one `ReportStored` — and each caller gets its own LSN(s) from the
+//! grant. An append to an idle log goes at once, alone; nothing waits on a timer. At most
+//! `coalesce.max_batches_in_flight` batches of a log are between grant and outcome, so the
+//! next one is sequenced while earlier ones write their copies.
+//!
+//! Each batch runs on its own task (it outlives any one caller) — except a batch that is one
+//! caller's append alone, which runs on that caller's task: get a grant (`sequence`),
+//! then run the pure [`Appender`]: its STOREs go out concurrently, each answer, store timeout
+//! or transport failure comes back as an [`Event`], and a `Tick` is delivered when the
+//! appender asks ([`Appender::wake_at`]: a waiting wave, the append timeout), so the batch
+//! ends even if nothing answers. Waves, AMENDs and graylisting are per batch. Every caller of
+//! a failed batch gets the batch's error, which says exactly whether it may have happened. On
+//! completion the LSNs are returned at once and `ReportStored` goes to the sequencer in the
+//! background: the application does not wait for it, and a lost report is settled by the
+//! sequencer's abandoned-LSN path. A batch refused with `Preempted` sends `ReportPreempted`
+//! likewise, so the sequencer leaves the sealed epoch before the next batch asks.
+//!
+//! Order: grants of a log are asked for one at a time, in queue order, and a unit takes its
+//! place in the queue on the first poll of `append`, so appends a task issues one after the
+//! other get increasing LSNs (within an epoch; a later epoch's LSNs are higher anyway).
+//!
+//! Window: a coalesced batch may ask for more LSNs than the log's sequencer window holds
+//! (`SeqNoBufs` that no wait can cure). A batch of several appends that meets a full window
+//! goes back to the front of the queue and the log's batches are halved until grants come
+//! again (`queue`); a single append waits for room with backoff.
+//!
+//! Deadlines: an append's `append_timeout` runs from the call. A caller whose deadline passes
+//! while it is still queued withdraws (`TimedOut`: nothing was sent); a batch runs under the
+//! earliest deadline of its callers. A caller that drops its `append` future while queued
+//! withdraws too; once its batch is launched the batch goes on without it, except a batch of
+//! that append alone, which ends with it (as an append always did: it may or may not have
+//! happened).
 
+mod queue;
+
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tally_common::transport::TransportError;
 use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
 use tally_common::wire::{StoreBatch, StoreStatus};
-use tally_common::{Copyset, LogId, Lsn, NodeId};
+use tally_common::{Copyset, Epoch, LogId, Lsn, NodeId};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 
-use crate::appender::{Action, AppendPolicy, Appender, Event, check_payloads};
+use self::queue::{Batch, Launch, LogQueue, Unit};
+use crate::appender::{
+    Action, AppendPolicy, Appender, Event, RECORD_OVERHEAD_BYTES, check_payloads,
+};
 use crate::client::Shared;
-use crate::error::AppendError;
+use crate::config::CoalesceConfig;
+use crate::error::{AppendError, IndeterminateCause};
+use crate::sequence::NoGrant;
 
-/// Appends `payloads` to `log` as one grant; the LSNs they got.
+/// How a queued append is answered: the LSNs of its payloads, or its batch's error.
+type Reply = oneshot::Sender<Result<RangeInclusive<Lsn>, AppendError>>;
+
+/// The append queues of every log with appends queued or in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Queues {
+    logs: Mutex<HashMap<LogId, LogQueue<Reply>>>,
+    next_id: AtomicU64,
+}
+
+impl Queues {
+    /// Locked for one synchronous decision, never across an await.
+    fn lock(&self) -> MutexGuard<'_, HashMap<LogId, LogQueue<Reply>>> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `change` to the queue of `log` and takes from it what may go now, in one
+    /// critical section.
+    fn update(
+        &self,
+        log: LogId,
+        config: &CoalesceConfig,
+        change: impl FnOnce(&mut LogQueue<Reply>),
+    ) -> Launch<Reply> {
+        let mut logs = self.lock();
+        let queue = logs.entry(log).or_default();
+        change(queue);
+        let launch = queue.launch(config, Instant::now().into_std());
+        if queue.is_idle() {
+            logs.remove(&log);
+        }
+        launch
+    }
+
+    /// Takes unit `id` of `log` out of its queue if it is still there (not yet launched).
+    fn withdraw(&self, log: LogId, id: u64) -> bool {
+        let mut logs = self.lock();
+        let Some(queue) = logs.get_mut(&log) else {
+            return false;
+        };
+        let found = queue.withdraw(id).is_some();
+        if queue.is_idle() {
+            logs.remove(&log);
+        }
+        found
+    }
+}
+
+/// Appends `payloads` to `log` as one unit: consecutive LSNs, all stored or all failed
+/// together, possibly in one batch with other callers' appends. See the module documentation.
 pub(crate) async fn append(
     shared: &Arc<Shared>,
     log: LogId,
     payloads: Vec<Vec<u8>>,
 ) -> Result<RangeInclusive<Lsn>, AppendError> {
+    enqueue(shared, log, payloads)?.outcome().await
+}
+
+/// Checks `payloads` and queues them as one unit of `log` now, so units queued one after the
+/// other are granted in that order; the outcome comes through the returned [`Pending`].
+pub(crate) fn enqueue(
+    shared: &Arc<Shared>,
+    log: LogId,
+    payloads: Vec<Vec<u8>>,
+) -> Result<Pending, AppendError> {
     if shared.shutdown.is_cancelled() {
         return Err(AppendError::Shutdown);
     }
     // Before the grant: LSNs granted to a batch that cannot be sent would be abandoned.
     check_payloads(&payloads, &shared.config.transport.limits)?;
     let deadline = Instant::now() + shared.config.append.append_timeout;
-    let count = u32::try_from(payloads.len()).expect("checked against the batch limit");
-    let grant = crate::sequence::request_grant(shared, log, count, deadline).await?;
-    write_copies(shared, grant, payloads, deadline).await
+    let (reply, outcome) = oneshot::channel();
+    let id = shared.queues.next_id.fetch_add(1, Ordering::Relaxed);
+    let bytes = payloads
+        .iter()
+        .map(|p| p.len() + RECORD_OVERHEAD_BYTES)
+        .sum();
+    let unit = Unit {
+        id,
+        payloads,
+        bytes,
+        deadline: deadline.into_std(),
+        waiter: reply,
+    };
+    let mut launch = shared
+        .queues
+        .update(log, &shared.config.coalesce, |q| q.push(unit));
+    // Alone in its batch (the log was idle): it runs on the caller's task, no hop to another.
+    let inline = match &launch.batch {
+        Some(b) if b.units.len() == 1 && b.units[0].id == id => launch.batch.take(),
+        _ => None,
+    };
+    start(shared, log, launch);
+    Ok(Pending {
+        shared: shared.clone(),
+        log,
+        id,
+        deadline,
+        outcome,
+        armed: true,
+        inline,
+    })
+}
+
+/// One queued unit's outcome to come. Dropped before its batch is launched, it withdraws the
+/// unit (nothing of it is sent); afterwards the batch goes on without it, unless the batch is
+/// the unit alone running on the caller's task (`inline`), which then ends with it.
+pub(crate) struct Pending {
+    shared: Arc<Shared>,
+    log: LogId,
+    id: u64,
+    deadline: Instant,
+    outcome: oneshot::Receiver<Result<RangeInclusive<Lsn>, AppendError>>,
+    /// Still to withdraw on drop.
+    armed: bool,
+    /// The unit's batch when it went alone, to run in [`Pending::outcome`].
+    inline: Option<Batch<Reply>>,
+}
+
+impl Pending {
+    /// The LSNs of the unit, or its batch's error; `TimedOut` if its deadline passes while
+    /// it is still queued.
+    pub(crate) async fn outcome(mut self) -> Result<RangeInclusive<Lsn>, AppendError> {
+        if let Some(batch) = self.inline.take() {
+            self.armed = false;
+            // Answers through `outcome` like a batch on its own task; dropped midway, its
+            // stages release the log's queue.
+            run_batch(self.shared.clone(), self.log, batch).await;
+        }
+        let answer = match tokio::time::timeout_at(self.deadline, &mut self.outcome).await {
+            Ok(answer) => answer,
+            Err(_elapsed) => {
+                self.armed = false;
+                if self.shared.queues.withdraw(self.log, self.id) {
+                    return Err(AppendError::TimedOut);
+                }
+                // Launched: its batch runs under a deadline no later than this one.
+                (&mut self.outcome).await
+            }
+        };
+        self.armed = false;
+        // Every batch answers its callers; a dropped reply means its task died mid-append.
+        answer.unwrap_or(Err(AppendError::Indeterminate {
+            cause: IndeterminateCause::TimedOut,
+        }))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.inline.take().is_some() {
+            // Launched but never run: nothing was sent; the log's next batch may go.
+            let config = &self.shared.config.coalesce;
+            let launch = self.shared.queues.update(self.log, config, |q| {
+                q.granted(false, config);
+                q.finished();
+            });
+            start(&self.shared, self.log, launch);
+            return;
+        }
+        if self.armed {
+            self.shared.queues.withdraw(self.log, self.id);
+        }
+    }
+}
+
+/// Does what a queue decided: answers its expired units and starts its batch.
+fn start(shared: &Arc<Shared>, log: LogId, launch: Launch<Reply>) {
+    for unit in launch.expired {
+        let _ = unit.waiter.send(Err(AppendError::TimedOut));
+    }
+    if let Some(batch) = launch.batch {
+        tracing::trace!(%log, units = batch.units.len(), records = batch.records, "launching append batch");
+        shared.tracker.spawn(run_batch(shared.clone(), log, batch));
+    }
+}
+
+/// Marks the stages of a launched batch in its log's queue, and launches what may follow:
+/// `granted` once its grant request has an answer, `finished` (on drop, so also if the
+/// batch's task ends early) once it has its outcome; or `requeue` instead of both.
+struct Stages {
+    shared: Arc<Shared>,
+    log: LogId,
+    granted: bool,
+    /// Requeued: the queue no longer counts the batch.
+    gone: bool,
+}
+
+impl Stages {
+    fn granted(&mut self, fitted: bool) {
+        if std::mem::replace(&mut self.granted, true) {
+            return;
+        }
+        let config = &self.shared.config.coalesce;
+        let launch = self
+            .shared
+            .queues
+            .update(self.log, config, |q| q.granted(fitted, config));
+        start(&self.shared, self.log, launch);
+    }
+
+    /// The window had no room for the batch: its units wait again, first in line.
+    fn requeue(&mut self, units: Vec<Unit<Reply>>) {
+        self.gone = true;
+        let launch = self
+            .shared
+            .queues
+            .update(self.log, &self.shared.config.coalesce, |q| q.requeue(units));
+        start(&self.shared, self.log, launch);
+    }
+}
+
+impl Drop for Stages {
+    fn drop(&mut self) {
+        if self.gone {
+            return;
+        }
+        let granted = self.granted;
+        let config = &self.shared.config.coalesce;
+        let launch = self.shared.queues.update(self.log, config, |q| {
+            if !granted {
+                q.granted(false, config);
+            }
+            q.finished();
+        });
+        start(&self.shared, self.log, launch);
+    }
+}
+
+/// Sequences and writes one batch, then answers each of its callers.
+async fn run_batch(shared: Arc<Shared>, log: LogId, batch: Batch<Reply>) {
+    let mut stages = Stages {
+        shared: shared.clone(),
+        log,
+        granted: false,
+        gone: false,
+    };
+    let deadline = Instant::from_std(batch.deadline);
+    let count = u32::try_from(batch.records).expect("within the batch limit");
+    let grant = if shared.shutdown.is_cancelled() {
+        Err(AppendError::Shutdown)
+    } else {
+        // A batch of several appends may be too big for the log's window; one append (or
+        // one `append_batch`) waits for room as it always did.
+        let splittable = batch.units.len() > 1;
+        match crate::sequence::request_grant(&shared, log, count, deadline, splittable).await {
+            Ok(grant) => Ok(grant),
+            Err(NoGrant::WindowFull) => {
+                tracing::debug!(%log, count, "window full for a coalesced batch; requeued");
+                stages.requeue(batch.units);
+                return;
+            }
+            Err(NoGrant::Failed(e)) => Err(e),
+        }
+    };
+    // The next batch of the log may ask for its grant while this one writes its copies.
+    stages.granted(grant.is_ok());
+    let mut payloads = Vec::with_capacity(batch.records);
+    let mut replies = Vec::with_capacity(batch.units.len());
+    for unit in batch.units {
+        replies.push((unit.waiter, unit.payloads.len() as u64));
+        payloads.extend(unit.payloads);
+    }
+    let outcome = match grant {
+        Ok(grant) => write_copies(&shared, grant, payloads, deadline).await,
+        Err(e) => Err(e),
+    };
+    let mut offset = 0;
+    for (reply, count) in replies {
+        let answer = match &outcome {
+            Ok(lsns) => {
+                let first = lsns.start().0 + offset;
+                Ok(Lsn(first)..=Lsn(first + count - 1))
+            }
+            Err(e) => Err(e.clone()),
+        };
+        offset += count;
+        let _ = reply.send(answer);
+    }
+    drop(stages);
 }
 
 /// Runs the appender of `grant` until it completes or fails.
@@ -90,6 +395,9 @@ async fn write_copies(
                 }
                 Action::Failed(e) => {
                     tracing::debug!(log = %grant.log, first = %grant.first, error = %e, "append failed");
+                    if let AppendError::Preempted { seal, .. } = &e {
+                        report_preempted(shared, &grant, *seal).await;
+                    }
                     return Err(e);
                 }
             }
@@ -170,6 +478,31 @@ fn transport_failed(node: NodeId, wave: u32, e: TransportError) -> Event {
     }
 }
 
+/// Tells the sequencer that granted `grant` that a storage node refused its epoch with a
+/// seal at `seal`, so it stops granting there and the log's next grant comes from a new
+/// epoch instead of meeting the same seal. Awaited (briefly) before the batch's callers hear
+/// of the failure, so their retries do not reach the sealed epoch again; a lost report is
+/// only logged (the next refused store reports again).
+async fn report_preempted(shared: &Arc<Shared>, grant: &Grant, seal: Epoch) {
+    let epoch = grant.first.epoch();
+    if seal < epoch {
+        return;
+    }
+    let req = ClientRequest::ReportPreempted {
+        log: grant.log,
+        epoch,
+        seal,
+    };
+    let Some(addr) = shared.cluster.address(grant.sequencer).await else {
+        return;
+    };
+    let config = &shared.config;
+    let timeout = config.report_timeout.min(config.sequencer_silence_timeout);
+    if let Err(e) = shared.connector.call(addr, &req, timeout).await {
+        tracing::debug!(sequencer = %grant.sequencer, error = %e, "preemption report failed");
+    }
+}
+
 /// Tells the sequencer in the background that `lsns` are stored on `copyset`.
 fn report_stored(
     shared: &Arc<Shared>,
@@ -185,7 +518,12 @@ fn report_stored(
         copyset,
         wave,
     };
-    let sequencer = grant.sequencer;
+    send_report(shared, grant.sequencer, req);
+}
+
+/// Sends a report to `sequencer` in the background; a lost report is settled by the
+/// sequencer's own paths (abandoned LSNs, recovery), so failures are only logged.
+fn send_report(shared: &Arc<Shared>, sequencer: NodeId, req: ClientRequest) {
     let shared = shared.clone();
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -199,9 +537,7 @@ fn report_stored(
             .await
         {
             Ok(ClientResponse::Ack) => {}
-            // The append is acknowledged by its copies; recovery settles what the sequencer
-            // did not learn.
-            other => tracing::debug!(%sequencer, answer = ?other, "completion report not applied"),
+            other => tracing::debug!(%sequencer, answer = ?other, "report not applied"),
         }
     });
 }

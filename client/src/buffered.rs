@@ -8,8 +8,10 @@
 //! task per writer feeds it and sends each flushed batch as one `append_batch` on its own
 //! task. Memory is bounded: a caller first takes `payload.len()` of `max_buffered_bytes`
 //! and gives it back when its batch's outcome is known, so appends wait while the writer
-//! holds that much. Batches are independent appends: two batches in flight at once may get
-//! their LSNs in either order.
+//! holds that much. Each flushed batch is queued with the client's other appends to the log
+//! as it is flushed (and may be coalesced with them), so batches are granted in flush order
+//! and the writer's records get LSNs in the order they reached it; a failed batch fails
+//! alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -316,12 +318,16 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Appends `batch` on its own task and answers each waiter.
+/// Queues `batch` now (flush order is grant order) and answers each waiter on a task of its
+/// own.
 fn send(shared: &Arc<Shared>, log: LogId, batch: Batch<Waiter>) {
     tracing::trace!(%log, records = batch.payloads.len(), reason = ?batch.reason, "flushing batch");
-    let task_shared = shared.clone();
+    let pending = crate::append::enqueue(shared, log, batch.payloads);
     shared.tracker.spawn(async move {
-        let outcome = crate::append::append(&task_shared, log, batch.payloads).await;
+        let outcome = match pending {
+            Ok(pending) => pending.outcome().await,
+            Err(e) => Err(e),
+        };
         for (i, (reply, _permit)) in batch.waiters.into_iter().enumerate() {
             let result = match &outcome {
                 Ok(lsns) => Ok(Lsn(lsns.start().0 + i as u64)),

@@ -4,15 +4,20 @@
 //! completion reports, buffered-writer batches). Cloning is cheap; every clone is the same
 //! client.
 //!
-//! `append` and `append_batch` run on the caller's task: sequencing (`sequence`), then the
-//! appender's waves (`append`). Their errors say whether the records may have been appended
+//! `append` and `append_batch` queue behind the appends of their log that wait; concurrent
+//! appends to one log are coalesced into batches that share one grant, one STORE per copyset
+//! member and one completion report, each batch sequenced (`sequence`) and written in waves
+//! (`append`) on a task of its own, or on the caller's task when it is that caller's append
+//! alone. Their errors say whether the records may have been appended
 //! ([`AppendError::certainly_not_appended`]).
 
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use std::collections::HashMap;
+
 use tally_common::transport::{ClientProtocol, Connector, TlsError, TlsIdentity, TransportError};
-use tally_common::{LogId, Lsn};
+use tally_common::{LogId, Lsn, NodeId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,11 +49,36 @@ pub(crate) struct Shared {
     graylist: Mutex<Graylist>,
     /// Running average of STORE round trips: the first wave's timeout follows it.
     pub(crate) store_latency: crate::latency::StoreLatency,
+    /// Appends waiting per log, and the batches in flight (coalescing).
+    pub(crate) queues: crate::append::Queues,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Sequencers found silent or unreachable, until when they are asked last.
+    suspects: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Shared {
+    /// Marks `node` as a sequencer to ask last for `sequencer_suspect_for`.
+    pub(crate) fn suspect(&self, node: NodeId) {
+        let until = std::time::Instant::now() + self.config.sequencer_suspect_for;
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        suspects.insert(node, until);
+    }
+
+    /// `node` answered: it is no longer a suspect.
+    pub(crate) fn clear_suspect(&self, node: NodeId) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        suspects.remove(&node);
+    }
+
+    /// Whether `node` is a suspect now.
+    pub(crate) fn is_suspect(&self, node: NodeId) -> bool {
+        let now = std::time::Instant::now();
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        suspects.retain(|_, until| *until > now);
+        suspects.contains_key(&node)
+    }
+
     /// The graylist, locked for one synchronous step of an appender (never across an await).
     pub(crate) fn graylist(&self) -> MutexGuard<'_, Graylist> {
         self.graylist.lock().unwrap_or_else(|e| e.into_inner())
@@ -72,7 +102,7 @@ impl Shared {
 /// A connection to one Tally cluster. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Client {
@@ -90,7 +120,9 @@ impl Client {
         .await?;
         let shared = Arc::new(Shared {
             graylist: Mutex::new(Graylist::new(config.graylist)),
+            suspects: Mutex::new(HashMap::new()),
             store_latency: crate::latency::StoreLatency::default(),
+            queues: crate::append::Queues::default(),
             config,
             connector,
             cluster,
@@ -105,6 +137,15 @@ impl Client {
     }
 
     /// Appends one record to `log`; its LSN once R storage nodes have it.
+    ///
+    /// Concurrent appends to one log are coalesced: while a grant for the log is on its way,
+    /// further appends wait and then go out together (one grant, one STORE per copyset
+    /// member); each still gets its own LSN, and a failed batch fails each of its appends
+    /// with the batch's error. The append takes its place in the log's queue when it is
+    /// first polled, so appends a task issues one after the other get increasing LSNs.
+    /// Dropping the future before its batch is sent withdraws the append; afterwards a batch
+    /// shared with other appends goes on without it, and an append alone in its batch (the
+    /// log was idle; it runs on the caller's task) ends with it, outcome unknown.
     pub async fn append(&self, log: LogId, payload: Vec<u8>) -> Result<Lsn, AppendError> {
         crate::append::append(&self.shared, log, vec![payload])
             .await
@@ -112,7 +153,8 @@ impl Client {
     }
 
     /// Appends `payloads` to `log` as one batch: one grant of consecutive LSNs, one STORE per
-    /// copyset member. All succeed or all fail together.
+    /// copyset member. All succeed or all fail together. Coalesced with other appends to the
+    /// log like [`Client::append`], never split.
     pub async fn append_batch(
         &self,
         log: LogId,
@@ -143,6 +185,11 @@ impl Client {
 
     pub fn config(&self) -> &ClientConfig {
         &self.shared.config
+    }
+
+    /// What the client's tasks share (for the reader and admin calls, `read`, `admin`).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Stops background work and waits for it: buffered writers stop taking records (what

@@ -1,13 +1,15 @@
 //! [`ClientConfig`]: every knob of the client runtime with its default in one place, and
 //! [`ClientConfig::validate`] with messages that name the field. The append timeouts and
 //! placement options are the pure appender's [`AppendPolicy`]; graylist intervals are its
-//! [`GraylistConfig`]; the transport's limits are the payload and batch limits appends obey.
+//! [`GraylistConfig`]; the transport's limits are the payload and batch limits appends obey;
+//! [`CoalesceConfig`] bounds how concurrent appends to one log are gathered into one grant.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tally_common::limits::FRAME_OVERHEAD_BYTES;
 use tally_common::transport::TransportConfig;
-use tally_common::{NodeInfo, NodeSet};
+use tally_common::{Limits, NodeInfo, NodeSet};
 
 use crate::appender::AppendPolicy;
 use crate::graylist::GraylistConfig;
@@ -42,7 +44,85 @@ pub struct ClientConfig {
     pub max_redirects: usize,
     /// Deadline of the `ReportStored` sent after an append completed (in the background).
     pub report_timeout: Duration,
+    /// A sequencer that has not even acknowledged a `Sequence` request at the transport level
+    /// this long after it went out is taken for dead, frozen or cut off: the next node in
+    /// rank order is asked to take the log over (sequencer failover). A live but busy
+    /// sequencer acknowledges within milliseconds and gets the whole `request_timeout`.
+    pub sequencer_silence_timeout: Duration,
+    /// How long a sequencer found silent or unreachable is asked last (after the others in
+    /// rank order), so every append does not pay for it again; about a membership lease, after
+    /// which a dead node has left the cluster state.
+    pub sequencer_suspect_for: Duration,
+    /// How concurrent appends to one log share a grant, its STOREs and its report.
+    pub coalesce: CoalesceConfig,
 }
+
+/// Coalescing of concurrent appends to one log (DESIGN §6 step 1). While a `Sequence` for a
+/// log is on its way, further appends to that log wait; when it returns, those waiting go out
+/// together as one batch: one grant, one STORE per copyset member, one `ReportStored`. There
+/// is no timer: an append to an idle log goes at once, alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalesceConfig {
+    /// Records one coalesced batch holds at most (an `append_batch` larger than this goes
+    /// alone, whole). At most `limits.max_records_per_batch`.
+    pub max_batch_records: u32,
+    /// Bytes (payloads plus per-record overhead) a coalesced batch grows to at most; its
+    /// first append goes whatever its size. At most one STORE frame.
+    pub max_batch_bytes: usize,
+    /// Batches of one log between their `Sequence` and their outcome: the next batch is
+    /// sequenced while earlier ones write their copies. At least 1.
+    pub max_batches_in_flight: usize,
+}
+
+impl Default for CoalesceConfig {
+    fn default() -> Self {
+        CoalesceConfig {
+            max_batch_records: 1024,
+            max_batch_bytes: 1024 * 1024,
+            max_batches_in_flight: 2,
+        }
+    }
+}
+
+impl CoalesceConfig {
+    /// Checks the bounds against the transport's `limits`.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        if self.max_batch_records == 0 || self.max_batch_records > limits.max_records_per_batch {
+            return Err(invalid(
+                "coalesce.max_batch_records",
+                format!(
+                    "{} is outside 1..={} (limits.max_records_per_batch)",
+                    self.max_batch_records, limits.max_records_per_batch
+                ),
+            ));
+        }
+        let frame = limits.max_frame_bytes.saturating_sub(FRAME_OVERHEAD_BYTES);
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > frame {
+            return Err(invalid(
+                "coalesce.max_batch_bytes",
+                format!(
+                    "{} is outside 1..={frame} (one STORE frame)",
+                    self.max_batch_bytes
+                ),
+            ));
+        }
+        if !(1..=MAX_BATCHES_IN_FLIGHT).contains(&self.max_batches_in_flight) {
+            return Err(invalid(
+                "coalesce.max_batches_in_flight",
+                format!(
+                    "{} is outside 1..={MAX_BATCHES_IN_FLIGHT}",
+                    self.max_batches_in_flight
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Upper bound of [`CoalesceConfig::max_batches_in_flight`]: beyond a few the batches only
+/// get smaller.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 64;
 
 impl ClientConfig {
     /// Defaults for a cluster reached through `seeds`, with certificates in `certs_dir`.
@@ -61,6 +141,9 @@ impl ClientConfig {
             sequencer_backoff_max: Duration::from_secs(1),
             max_redirects: 3,
             report_timeout: Duration::from_secs(5),
+            sequencer_silence_timeout: Duration::from_millis(750),
+            sequencer_suspect_for: Duration::from_secs(10),
+            coalesce: CoalesceConfig::default(),
         }
     }
 
@@ -97,6 +180,8 @@ impl ClientConfig {
             ("sequencer_backoff_initial", self.sequencer_backoff_initial),
             ("sequencer_backoff_max", self.sequencer_backoff_max),
             ("report_timeout", self.report_timeout),
+            ("sequencer_silence_timeout", self.sequencer_silence_timeout),
+            ("sequencer_suspect_for", self.sequencer_suspect_for),
         ];
         for (field, d) in positive {
             if d.is_zero() {
@@ -130,7 +215,8 @@ impl ClientConfig {
         self.transport
             .limits
             .validate()
-            .map_err(|e| invalid("transport.limits", e.to_string()))
+            .map_err(|e| invalid("transport.limits", e.to_string()))?;
+        self.coalesce.validate(&self.transport.limits)
     }
 }
 
@@ -214,5 +300,14 @@ mod tests {
         let mut c = config();
         c.transport.limits.max_records_per_batch = 0;
         assert_eq!(field(c), "transport.limits");
+        let mut c = config();
+        c.coalesce.max_batch_records = c.transport.limits.max_records_per_batch + 1;
+        assert_eq!(field(c), "coalesce.max_batch_records");
+        let mut c = config();
+        c.coalesce.max_batch_bytes = c.transport.limits.max_frame_bytes;
+        assert_eq!(field(c), "coalesce.max_batch_bytes");
+        let mut c = config();
+        c.coalesce.max_batches_in_flight = 0;
+        assert_eq!(field(c), "coalesce.max_batches_in_flight");
     }
 }

@@ -2,8 +2,10 @@
 //! path): ask the log's owner, the first of the sequencer ranking of the cluster view, for a
 //! grant. A `Redirect` is followed (a few times); a node that cannot be reached is skipped and
 //! the next one in rank order is asked with `no_redirect`, so it takes the log over;
-//! `SeqNoBufs` and retryable errors back off exponentially. Everything stays within the
-//! append's deadline. Nothing has been stored when this fails, so every error it returns is
+//! `SeqNoBufs` and retryable errors back off exponentially — unless the caller asked to hear
+//! of a full window at once ([`NoGrant::WindowFull`]: a coalesced batch may be too big for
+//! the log's window, and smaller batches can fit). Everything stays within the append's
+//! deadline. Nothing has been stored when this fails, so every error it returns is
 //! "certainly not appended".
 
 use std::collections::BTreeSet;
@@ -36,6 +38,21 @@ impl Backoff {
     }
 }
 
+/// Why no grant came.
+#[derive(Debug)]
+pub(crate) enum NoGrant {
+    /// The sequencer's window had no room for the `count` LSNs asked for (`SeqNoBufs`), and
+    /// the caller asked to hear it rather than wait.
+    WindowFull,
+    Failed(AppendError),
+}
+
+impl From<AppendError> for NoGrant {
+    fn from(e: AppendError) -> Self {
+        NoGrant::Failed(e)
+    }
+}
+
 /// What to do after one answer.
 enum Step {
     Granted(Grant),
@@ -48,13 +65,15 @@ enum Step {
     Fail(AppendError),
 }
 
-/// Asks the sequencer of `log` for `count` LSNs until `deadline`.
+/// Asks the sequencer of `log` for `count` LSNs until `deadline`. With `window_full_returns`,
+/// a `SeqNoBufs` answer ends the request with [`NoGrant::WindowFull`] instead of a backoff.
 pub(crate) async fn request_grant(
     shared: &Arc<Shared>,
     log: LogId,
     count: u32,
     deadline: Instant,
-) -> Result<Grant, AppendError> {
+    window_full_returns: bool,
+) -> Result<Grant, NoGrant> {
     let config = &shared.config;
     let mut backoff = Backoff {
         next: config.sequencer_backoff_initial,
@@ -63,15 +82,20 @@ pub(crate) async fn request_grant(
     let mut last = String::from("no sequencer asked yet");
     'rounds: loop {
         if shared.shutdown.is_cancelled() {
-            return Err(AppendError::Shutdown);
+            return Err(AppendError::Shutdown.into());
         }
         let state = shared.cluster.current();
-        let rank = state.sequencer_rank(log);
+        // Suspects (silent or unreachable lately) go last, in rank order among themselves.
+        let (mut rank, suspects): (Vec<NodeId>, Vec<NodeId>) = state
+            .sequencer_rank(log)
+            .into_iter()
+            .partition(|n| !shared.is_suspect(*n));
+        rank.extend(suspects);
         let Some(&owner) = rank.first() else {
             last = "the cluster view has no live sequencer".into();
             shared.refresh_soon();
             if !backoff.wait(deadline).await {
-                return Err(AppendError::NoSequencer { reason: last });
+                return Err(AppendError::NoSequencer { reason: last }.into());
             }
             continue;
         };
@@ -81,7 +105,7 @@ pub(crate) async fn request_grant(
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(AppendError::NoSequencer { reason: last });
+                return Err(AppendError::NoSequencer { reason: last }.into());
             }
             let timeout = config.request_timeout.min(deadline - now);
             let answer = match shared.cluster.address(target).await {
@@ -91,12 +115,17 @@ pub(crate) async fn request_grant(
                         count,
                         no_redirect,
                     };
-                    shared.connector.call(addr, &req, timeout).await
+                    let silence = config.sequencer_silence_timeout;
+                    shared
+                        .connector
+                        .call_watched(addr, &req, timeout, silence)
+                        .await
                 }
                 None => Err(TransportError::NoAnswer),
             };
             let step = match answer {
                 Ok(ClientResponse::Granted(grant)) if grant.log == log && grant.count == count => {
+                    shared.clear_suspect(target);
                     Step::Granted(grant)
                 }
                 Ok(ClientResponse::Granted(grant)) => Step::Fail(AppendError::NoSequencer {
@@ -114,7 +143,10 @@ pub(crate) async fn request_grant(
                             tracing::debug!(error = %e, "cluster state refresh failed");
                         }
                     }
-                    if redirects < config.max_redirects && !unreachable.contains(&owner) {
+                    if shared.is_suspect(owner) || unreachable.contains(&owner) {
+                        // Its view still names a node we found silent: it takes the log over.
+                        Step::Ask(target, true)
+                    } else if redirects < config.max_redirects {
                         redirects += 1;
                         Step::Ask(owner, false)
                     } else {
@@ -126,6 +158,9 @@ pub(crate) async fn request_grant(
                     }
                 }
                 Ok(ClientResponse::SeqNoBufs) => {
+                    if window_full_returns {
+                        return Err(NoGrant::WindowFull);
+                    }
                     last = format!("the window of {log} on {target} is full");
                     Step::Retry
                 }
@@ -144,6 +179,7 @@ pub(crate) async fn request_grant(
                     last = format!("{target} is unreachable: {e}");
                     tracing::debug!(%log, node = %target, error = %e, "sequencer unreachable");
                     unreachable.insert(target);
+                    shared.suspect(target);
                     shared.refresh_soon();
                     match next_in_rank(&rank, &unreachable, target) {
                         Some(next) => Step::Ask(next, true),
@@ -153,16 +189,16 @@ pub(crate) async fn request_grant(
             };
             match step {
                 Step::Granted(grant) => return Ok(grant),
-                Step::Fail(e) => return Err(e),
+                Step::Fail(e) => return Err(e.into()),
                 Step::Ask(node, force) => (target, no_redirect) = (node, force),
                 Step::Retry => {
                     if !backoff.wait(deadline).await {
-                        return Err(AppendError::NoSequencer { reason: last });
+                        return Err(AppendError::NoSequencer { reason: last }.into());
                     }
                 }
                 Step::Restart => {
                     if !backoff.wait(deadline).await {
-                        return Err(AppendError::NoSequencer { reason: last });
+                        return Err(AppendError::NoSequencer { reason: last }.into());
                     }
                     continue 'rounds;
                 }

@@ -544,3 +544,120 @@ async fn stalled_request_does_not_delay_shutdown() {
         .await
         .expect("shutdown must not wait for the stalled stream");
 }
+
+/// A UDP relay between one client and a switchable upstream server, to move a peer "to a new
+/// process on the same address" under an open connection.
+async fn relay(upstream: Arc<std::sync::Mutex<SocketAddr>>) -> SocketAddr {
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+    let upstream_now = upstream.clone();
+    {
+        let (front, back, client) = (front.clone(), back.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                let to = *upstream.lock().unwrap();
+                let _ = back.send_to(&buf[..n], to).await;
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = back.recv_from(&mut buf).await {
+            // Only the current upstream is heard: the old one is as good as gone.
+            if from != *upstream_now.lock().unwrap() {
+                continue;
+            }
+            let to = *client.lock().unwrap();
+            if let Some(to) = to {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_replaced_after_a_timeout() {
+    // Server A, then server B with the same certificates: B plays A restarted on its address.
+    let a = start();
+    let identity = TlsIdentity::load(&a.certs, "node").unwrap();
+    let (tx, _entered) = mpsc::unbounded_channel();
+    let service = Arc::new(TestService {
+        entered: tx,
+        release: Arc::new(Notify::new()),
+    });
+    let b = Server::builder(TransportConfig::default(), identity)
+        .service::<ClientProtocol, _>(service)
+        .bind("127.0.0.1:0".parse().unwrap(), CancellationToken::new())
+        .unwrap();
+    let upstream = Arc::new(std::sync::Mutex::new(a.addr));
+    let via = relay(upstream.clone()).await;
+    let c = client(&a.certs);
+    let tail = ClientRequest::GetTail { log: LogId(3) };
+    let answer = c.call(via, &tail, T).await.unwrap();
+    assert_eq!(answer, ClientResponse::Tail { lsn: Lsn(21) });
+
+    // The address now leads to B, which knows nothing of the connection: it goes silent.
+    *upstream.lock().unwrap() = b.local_addr();
+    let err = c
+        .call(via, &tail, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(is_timeout(&err), "{err:?}");
+    // The timed-out call retired the silent connection: the next one connects to B afresh
+    // instead of waiting on the dead connection until its idle timeout (30 s).
+    let answer = c.call(via, &tail, T).await.unwrap();
+    assert_eq!(answer, ClientResponse::Tail { lsn: Lsn(21) });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_call_tells_a_silent_peer_from_a_slow_one() {
+    let a = start();
+    let identity = TlsIdentity::load(&a.certs, "node").unwrap();
+    let (tx, _entered) = mpsc::unbounded_channel();
+    let service = Arc::new(TestService {
+        entered: tx,
+        release: Arc::new(Notify::new()),
+    });
+    let b = Server::builder(TransportConfig::default(), identity)
+        .service::<ClientProtocol, _>(service)
+        .bind("127.0.0.1:0".parse().unwrap(), CancellationToken::new())
+        .unwrap();
+    let upstream = Arc::new(std::sync::Mutex::new(a.addr));
+    let via = relay(upstream.clone()).await;
+    let c = client(&a.certs);
+
+    // Slow but alive: A never answers a Trim, yet acknowledges the request: the whole timeout.
+    let trim = ClientRequest::Trim {
+        log: LogId(1),
+        upto: Lsn(1),
+    };
+    let err = c
+        .call_watched(
+            via,
+            &trim,
+            Duration::from_millis(600),
+            Duration::from_millis(150),
+        )
+        .await
+        .unwrap_err();
+    // Our deadline or the server's (it runs the request under the frame's deadline).
+    assert!(is_timeout(&err), "{err:?}");
+
+    // Silent: the address now leads to B, which acknowledges nothing on this connection.
+    *upstream.lock().unwrap() = b.local_addr();
+    let tail = ClientRequest::GetTail { log: LogId(3) };
+    let err = c
+        .call_watched(via, &tail, T, Duration::from_millis(150))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::PeerSilent(_)), "{err:?}");
+    assert!(err.is_retryable() && err.may_have_been_applied());
+    // The silent connection was closed: the next call reaches B on a fresh one.
+    let answer = c.call(via, &tail, T).await.unwrap();
+    assert_eq!(answer, ClientResponse::Tail { lsn: Lsn(21) });
+}

@@ -267,3 +267,201 @@ impl Drop for EtcdHarness {
         self.kill();
     }
 }
+
+/// A real multi-member etcd cluster on loopback (for chaos tests that kill etcd members).
+///
+/// Every member has its own data directory under one temporary directory and its own client
+/// and peer ports; `kill(i)` / `restart(i)` act on one member, keeping its data. The cluster
+/// serves while a majority runs.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: TempDir,
+    members: Vec<EtcdMember>,
+}
+
+#[derive(Debug)]
+struct EtcdMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members on free ports and waits until each answers a status call (which
+    /// needs an elected leader).
+    pub async fn start(size: usize) -> io::Result<EtcdCluster> {
+        if size == 0 {
+            return Err(io::Error::other(
+                "an etcd cluster needs at least one member",
+            ));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("tally-etcd-cluster-")
+            .tempdir()?;
+        // Hold every listener until all ports are picked, so no two members share a port.
+        let mut holders = Vec::new();
+        let mut port = || -> io::Result<u16> {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let p = l.local_addr()?.port();
+            holders.push(l);
+            Ok(p)
+        };
+        let mut members = Vec::new();
+        for i in 0..size {
+            members.push(EtcdMember {
+                name: format!("m{i}"),
+                client_port: port()?,
+                peer_port: port()?,
+                child: None,
+            });
+        }
+        drop(holders);
+        let mut cluster = EtcdCluster { dir, members };
+        for i in 0..size {
+            cluster.launch(i)?;
+        }
+        for i in 0..size {
+            cluster.wait_ready(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn member_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
+    fn launch(&mut self, i: usize) -> io::Result<()> {
+        let bin = std::env::var("TALLY_ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        let initial = self.initial_cluster();
+        let dir = self.member_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))?;
+        let m = &mut self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new(&bin)
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(&initial)
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "tally-test"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("start {bin}: {e}")))?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, i: usize) -> io::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = self.client_url(i);
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(200));
+        loop {
+            if let Some(child) = self.members[i].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.members[i].child = None;
+                return Err(io::Error::other(format!(
+                    "etcd member {i} exited with {status} during start; see {}",
+                    self.member_dir(i).join("etcd.log").display()
+                )));
+            }
+            let probe = async {
+                let mut c = Client::connect([url.clone()], Some(options.clone())).await?;
+                c.status().await
+            };
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("etcd member {i} did not answer within {READY_TIMEOUT:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Number of members.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `http://127.0.0.1:<client port>` of member `i`.
+    pub fn client_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len())
+            .map(|i| self.client_url(i))
+            .collect()
+    }
+
+    /// The operating-system process id of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Whether member `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it; its data stays.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory and ports and waits until it answers.
+    pub async fn restart(&mut self, i: usize) -> io::Result<()> {
+        self.kill(i);
+        self.launch(i)?;
+        self.wait_ready(i).await
+    }
+
+    /// A store configuration over every member for `cluster`.
+    pub fn config(&self, cluster: &str) -> EtcdConfig {
+        EtcdConfig::new(self.endpoints(), cluster)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -119,6 +119,12 @@ pub struct StorageSection {
     pub max_in_flight_store_bytes: Option<u32>,
     pub block_cache_bytes: Option<usize>,
     pub total_memtable_bytes: Option<usize>,
+    /// Negative control of the chaos harness: accept stores from sealed epochs. Never in
+    /// production.
+    pub unsafe_ignore_seals: Option<bool>,
+    /// Negative control of the chaos harness: acknowledge durable stores without syncing (the
+    /// WAL stays in process memory). Never in production.
+    pub unsafe_skip_fsync: Option<bool>,
 }
 
 /// The sequencer role's knobs; unset ones take [`SequencerConfig::new`]'s defaults.
@@ -478,6 +484,12 @@ impl NodeConfig {
         }
         if let Some(v) = s.total_memtable_bytes {
             storage.logsdb.total_memtable_bytes = v;
+        }
+        if let Some(v) = s.unsafe_ignore_seals {
+            storage.logsdb.unsafe_controls.ignore_seals = v;
+        }
+        if let Some(v) = s.unsafe_skip_fsync {
+            storage.logsdb.unsafe_controls.skip_fsync = v;
         }
         if let Some(v) = self.epoch_store.call_timeout {
             storage.epoch_store_timeout = v;

@@ -113,7 +113,7 @@ fn dev_logsdb() -> LogsDbConfig {
 
 /// The spec of dev node `id` with its data in `dir/nodes/<id>` and certificates in
 /// `dir/certs` (also used by `tally bench write` for its in-process cluster).
-pub(crate) fn node_spec(dir: &Path, id: u32, roles: Roles, listen: SocketAddr) -> NodeSpec {
+pub fn node_spec(dir: &Path, id: u32, roles: Roles, listen: SocketAddr) -> NodeSpec {
     let mut storage = StorageConfig::new(NodeId(id), DEV_CLUSTER, dir.join(format!("nodes/{id}")));
     storage.logsdb = dev_logsdb();
     NodeSpec {
@@ -130,7 +130,7 @@ pub(crate) fn node_spec(dir: &Path, id: u32, roles: Roles, listen: SocketAddr) -
 }
 
 /// Generates the dev cluster's certificates unless they exist.
-pub(crate) fn ensure_certs(certs: &Path) -> anyhow::Result<()> {
+pub fn ensure_certs(certs: &Path) -> anyhow::Result<()> {
     if certs.join("ca.pem").exists() {
         for file in ["node.pem", "node.key", "client.pem", "client.key"] {
             anyhow::ensure!(

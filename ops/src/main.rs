@@ -1,20 +1,9 @@
-//! `tally`: the one binary. Server, dev cluster, CLI and benchmarks (DESIGN §11).
-//!
-//! Layout: `node` (one node's roles behind one endpoint, shared by `server` and `dev`),
-//! `server` (`tally server`), `dev` (`tally dev`, a cluster in one process), `config` (the
-//! node's TOML config, layered file → env → flags), `cli` (`tally append`, `tally log`),
-//! `signals` (SIGINT / SIGTERM), `bench` (`tally bench`).
+//! `tally`: the one binary. Server, dev cluster, CLI and benchmarks (DESIGN §11). This file
+//! only parses arguments and dispatches; the work lives in the `tally` library (`lib.rs`).
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
-mod bench;
-mod cli;
-mod config;
-mod dev;
-mod node;
-mod server;
-mod signals;
+use tally::{bench, cli, dev, server};
 
 /// Tally: a distributed log store.
 #[derive(Debug, Parser)]
@@ -35,6 +24,14 @@ enum Command {
     /// Creates and shows logs.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Prints a log's records (from the oldest to the tail by default; --follow to keep going).
+    Read(cli::read::ReadArgs),
+    /// Prints records as they are appended to a log, from its tail on.
+    Tail(cli::read::TailArgs),
+    /// Prints the first LSN of a log at or after a time.
+    FindTime(cli::read::FindTimeArgs),
+    /// Trims a log up to an LSN (inclusive).
+    Trim(cli::read::TrimArgs),
     /// Benchmarks that print a table and can write JSON (`--json PATH`).
     Bench(bench::BenchArgs),
 }
@@ -78,35 +75,10 @@ fn run() -> anyhow::Result<()> {
         Command::Append(args) => runtime()?.block_on(cli::append::append(args)),
         Command::Log(LogCommand::Create(args)) => runtime()?.block_on(cli::log::create(args)),
         Command::Log(LogCommand::Show(args)) => runtime()?.block_on(cli::log::show(args)),
-        Command::Server(args) => {
-            let config = server::load_config(&args)?;
-            runtime()?.block_on(async move {
-                let deps = server::open_store(&config).await?;
-                let shutdown = CancellationToken::new();
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = signals::wait_for_stop().await {
-                        eprintln!("tally server: {e:#}");
-                    }
-                    stop.cancel();
-                });
-                let id = config.node_id;
-                server::run(config, deps, shutdown, |node| {
-                    let roles = node.info.roles;
-                    let roles = match (roles.sequencer, roles.storage) {
-                        (true, true) => "sequencer,storage",
-                        (true, false) => "sequencer",
-                        _ => "storage",
-                    };
-                    println!(
-                        "tally server: node {id} ready on {} (roles {roles}, advertised as {})",
-                        node.addr, node.info.address
-                    );
-                })
-                .await?;
-                println!("tally server: node {id} stopped");
-                Ok(())
-            })
-        }
+        Command::Read(args) => runtime()?.block_on(cli::read::read(args)),
+        Command::Tail(args) => runtime()?.block_on(cli::read::tail(args)),
+        Command::FindTime(args) => runtime()?.block_on(cli::read::find_time(args)),
+        Command::Trim(args) => runtime()?.block_on(cli::read::trim(args)),
+        Command::Server(args) => server::main(args),
     }
 }

@@ -132,3 +132,39 @@ pub async fn run(
     shutdown.cancelled().await;
     running.shutdown().await
 }
+
+/// `tally server`: loads the layered config, runs the node until SIGINT / SIGTERM and prints
+/// a line when it is ready (`tally server: node N ready on ADDR …`) and when it stopped.
+pub fn main(args: ServerArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let deps = open_store(&config).await?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::signals::wait_for_stop().await {
+                eprintln!("tally server: {e:#}");
+            }
+            stop.cancel();
+        });
+        let id = config.node_id;
+        run(config, deps, shutdown, |node| {
+            let roles = node.info.roles;
+            let roles = match (roles.sequencer, roles.storage) {
+                (true, true) => "sequencer,storage",
+                (true, false) => "sequencer",
+                _ => "storage",
+            };
+            println!(
+                "tally server: node {id} ready on {} (roles {roles}, advertised as {})",
+                node.addr, node.info.address
+            );
+        })
+        .await?;
+        println!("tally server: node {id} stopped");
+        Ok(())
+    })
+}

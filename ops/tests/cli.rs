@@ -441,3 +441,164 @@ async fn servers_on_etcd_form_a_cluster_and_leave_membership_on_sigterm() {
     node1.terminate("tally server: node 1 stopped");
     assert!(store.list_nodes().await.unwrap().is_empty());
 }
+
+/// A `tally` command that runs until killed (`read --follow`, `tail`), stdout and stderr
+/// line by line.
+struct Follower {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn spawn(target: &Target, args: &[&str]) -> Follower {
+        let mut child = Command::new(TALLY)
+            .args(args)
+            .args([
+                "--seed",
+                &target.seed,
+                "--certs",
+                target.certs.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tally");
+        let lines = |pipe: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        Follower {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn next_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+        rx.recv_timeout(T)
+            .unwrap_or_else(|e| panic!("no {what} line: {e}"))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn read_tail_find_time_and_trim() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let appended = lsns(&dev.run(&["append", "--log", "1"], "one\ntwo\nthree\n"));
+    assert_eq!(appended.len(), 3);
+    let last = appended[2].to_string();
+
+    // Until an LSN: waits for it to be released, then prints the payloads, nothing else.
+    let raw = dev.run(&["read", "--log", "1", "--until", &last], "");
+    assert!(raw.status.success(), "{}", text(&raw.stderr));
+    assert_eq!(text(&raw.stdout), "one\ntwo\nthree\n");
+    // Until the tail (the default), with LSNs.
+    let with_lsns = dev.run(&["read", "--log", "1", "--format", "lsn"], "");
+    assert!(with_lsns.status.success(), "{}", text(&with_lsns.stderr));
+    let expected: String = appended
+        .iter()
+        .zip(["one", "two", "three"])
+        .map(|(lsn, p)| format!("{lsn}\t{p}\n"))
+        .collect();
+    assert_eq!(text(&with_lsns.stdout), expected);
+
+    // find-time: every record is older than now; nothing is older than 0.
+    let found = dev.run(&["find-time", "--log", "1", "now"], "");
+    assert!(found.status.success(), "{}", text(&found.stderr));
+    assert_eq!(text(&found.stdout).trim(), appended[2].next().to_string());
+    let found = dev.run(&["find-time", "--log", "1", "@0"], "");
+    assert!(found.status.success(), "{}", text(&found.stderr));
+    let at_zero: Lsn = text(&found.stdout).trim().parse().unwrap();
+    assert!(at_zero <= appended[0], "{at_zero}");
+    let bad = dev.run(&["find-time", "--log", "1", "yesterday"], "");
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("RFC 3339"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    // Trim the first record: JSON shows the trim gap, then the other two records.
+    let first = appended[0].to_string();
+    let trimmed = dev.run(&["trim", "--log", "1", "--upto", &first], "");
+    assert!(trimmed.status.success(), "{}", text(&trimmed.stderr));
+    let json = dev.run(
+        &["read", "--log", "1", "--until", &last, "--format", "json"],
+        "",
+    );
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let objects: Vec<serde_json::Value> = text(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let trim_gaps: Vec<&serde_json::Value> =
+        objects.iter().filter(|o| o["gap"] == "trim").collect();
+    assert_eq!(trim_gaps.len(), 1, "{objects:?}");
+    assert_eq!(trim_gaps[0]["to"], first.as_str());
+    let payloads: Vec<&str> = objects
+        .iter()
+        .filter_map(|o| o["payload"].as_str())
+        .collect();
+    assert_eq!(payloads, ["two", "three"]);
+    // In raw format the trim gap goes to stderr.
+    let raw = dev.run(&["read", "--log", "1", "--until", &last], "");
+    assert_eq!(text(&raw.stdout), "two\nthree\n");
+    assert!(
+        text(&raw.stderr).contains("gap trim"),
+        "{}",
+        text(&raw.stderr)
+    );
+    let past = dev.run(&["trim", "--log", "1", "--upto", "e999n1"], "");
+    assert!(!past.status.success());
+    assert!(
+        text(&past.stderr).contains("tail"),
+        "{}",
+        text(&past.stderr)
+    );
+
+    // Following: `read --follow` from after the last record, and `tail` once it says where it
+    // starts, both print what is appended afterwards.
+    let next = appended[2].next().to_string();
+    let follower = Follower::spawn(
+        &dev.target,
+        &["read", "--log", "1", "--from", &next, "--follow"],
+    );
+    let tail = Follower::spawn(&dev.target, &["tail", "--log", "1", "--format", "lsn"]);
+    // Log lines may come first on stderr.
+    while !Follower::next_line(&tail.stderr, "tail stderr")
+        .starts_with("tally: following log 1 from ")
+    {}
+    let later = lsns(&dev.run(&["append", "--log", "1"], "four\nfive\n"));
+    assert_eq!(Follower::next_line(&follower.stdout, "follower"), "four");
+    assert_eq!(Follower::next_line(&follower.stdout, "follower"), "five");
+    assert_eq!(
+        Follower::next_line(&tail.stdout, "tail"),
+        format!("{}\tfour", later[0])
+    );
+    assert_eq!(
+        Follower::next_line(&tail.stdout, "tail"),
+        format!("{}\tfive", later[1])
+    );
+    drop(follower);
+    drop(tail);
+    dev.stop();
+}

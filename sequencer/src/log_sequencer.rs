@@ -1,7 +1,15 @@
 //! The sequencer of one log in one epoch, as a pure state machine (DESIGN §5): grants LSNs
 //! through the epoch's window, takes completion reports, advances the LNG and the release
-//! point, re-broadcasts releases, notices abandoned LSNs and ESN exhaustion, and steps down when
-//! preempted.
+//! point, re-broadcasts releases, notices abandoned LSNs and ESN exhaustion, and stops granting
+//! when preempted.
+//!
+//! **Preemption.** A seal at or above this epoch (learned from recovery meeting a higher seal,
+//! or from a client whose store a storage node refused: [`LogSequencer::report_preempted`])
+//! means a newer sequencer sealed the epoch: nothing granted in it can be stored any more, so
+//! the epoch stops granting and stops re-broadcasting. It is not the end of the log here: the
+//! runtime replaces a preempted epoch by a plain activation (no `if_current` condition, see
+//! [`LogSequencer::reactivation_condition`]), because the newer epoch is the store's current
+//! one and a conditional activation could never succeed.
 //!
 //! Events come in as method calls (with `now` passed in); what the runtime must do comes out of
 //! [`LogSequencer::drain_actions`]. The one safety rule it enforces: **nothing of this epoch is
@@ -145,6 +153,11 @@ impl LogSequencer {
         &self.window
     }
 
+    /// Whether releases still wait for recovery of older epochs.
+    pub fn recovery_pending(&self) -> bool {
+        self.recovery_pending
+    }
+
     pub fn is_preempted(&self) -> Option<Epoch> {
         self.preempted
     }
@@ -209,11 +222,41 @@ impl LogSequencer {
         self.send_release(now);
     }
 
-    /// A storage node reported a seal at or above this epoch.
-    pub fn preempted(&mut self, seal: Epoch) {
-        if seal >= self.activation.epoch {
-            self.preempted = Some(self.preempted.map_or(seal, |s| s.max(seal)));
+    /// A seal at `seal` was seen for the log: if it is at or above this epoch, the epoch is
+    /// preempted and stops granting. Returns whether this call preempted a running epoch (a
+    /// lower seal, or an epoch already preempted, changes nothing but the highest seal known).
+    pub fn preempted(&mut self, seal: Epoch) -> bool {
+        if seal < self.activation.epoch {
+            return false;
         }
+        let first = self.preempted.is_none();
+        self.preempted = Some(self.preempted.map_or(seal, |s| s.max(seal)));
+        first
+    }
+
+    /// A client reports that a storage node refused a store of an LSN of `epoch` with
+    /// `Preempted{seal}`. Applies only to this epoch: a report about an epoch this sequencer
+    /// does not run (an older one it already replaced) says nothing about the current one.
+    /// Returns whether the report preempted this epoch (see [`LogSequencer::preempted`]).
+    pub fn report_preempted(&mut self, epoch: Epoch, seal: Epoch) -> bool {
+        epoch == self.activation.epoch && self.preempted(seal)
+    }
+
+    /// The condition under which the epoch store may replace this epoch: `Some(epoch)` (only
+    /// if this epoch is still the log's current one, so a sequencer that took the log
+    /// meanwhile is not preempted by a stale reactivation), or `None` once this epoch is
+    /// preempted: a newer epoch is current by definition, and the node replaces it only
+    /// because it owns the log (or was asked with `no_redirect`).
+    pub fn reactivation_condition(&self) -> Option<Epoch> {
+        match self.preempted {
+            Some(_) => None,
+            None => Some(self.activation.epoch),
+        }
+    }
+
+    /// Whether this epoch may grant: not preempted and not waiting for a new epoch.
+    pub fn can_grant(&self) -> bool {
+        self.preempted.is_none() && !self.reactivating
     }
 
     /// Periodic work: re-broadcast the release point, look for abandoned LSNs.
@@ -364,6 +407,60 @@ mod tests {
     }
 
     #[test]
+    fn a_preemption_report_applies_to_the_running_epoch_only() {
+        let t = Instant::now();
+        let mut s = LogSequencer::new(activation(false), SequencerTiming::default());
+        grant(&mut s, 1, t);
+        assert_eq!(s.reactivation_condition(), Some(Epoch(4)));
+        assert!(
+            !s.report_preempted(Epoch(3), Epoch(9)),
+            "an older epoch's report"
+        );
+        assert!(
+            !s.report_preempted(Epoch(5), Epoch(9)),
+            "an epoch never run here"
+        );
+        assert!(s.can_grant());
+        assert_eq!(s.is_preempted(), None);
+
+        assert!(s.report_preempted(Epoch(4), Epoch(6)));
+        assert!(!s.can_grant());
+        assert_eq!(s.is_preempted(), Some(Epoch(6)));
+        assert_eq!(
+            s.reactivation_condition(),
+            None,
+            "a preempted epoch is replaced unconditionally"
+        );
+        assert_eq!(
+            s.sequence(1, 0, t),
+            SequenceOutcome::Preempted { seal: Epoch(6) }
+        );
+        // Later reports raise the known seal without preempting again.
+        assert!(!s.report_preempted(Epoch(4), Epoch(8)));
+        assert!(!s.report_preempted(Epoch(4), Epoch(5)));
+        assert_eq!(s.is_preempted(), Some(Epoch(8)));
+        assert!(!s.preempted(Epoch(7)));
+        assert_eq!(s.is_preempted(), Some(Epoch(8)));
+    }
+
+    #[test]
+    fn a_preempted_epoch_stops_rebroadcasting_and_reactivating() {
+        let timing = SequencerTiming::default();
+        let t = Instant::now();
+        let mut s = LogSequencer::new(activation(false), timing);
+        grant(&mut s, 2, t);
+        s.drain_actions();
+        assert!(
+            s.preempted(Epoch(4)),
+            "a seal equal to the epoch preempts it"
+        );
+        // Neither the release point nor the abandoned grants produce work any more: the newer
+        // sequencer's recovery settles this epoch.
+        s.tick(t + timing.append_timeout + timing.abandon_grace + timing.release_rebroadcast);
+        assert!(s.drain_actions().is_empty());
+    }
+
+    #[test]
     fn abandoned_lsn_triggers_one_reactivation() {
         let t = Instant::now();
         let timing = SequencerTiming::default();
@@ -392,6 +489,12 @@ mod tests {
                 .any(|a| matches!(a, Action::Reactivate { .. }))
         );
         assert_eq!(s.sequence(1, 0, late), SequenceOutcome::Reactivating);
+        assert!(!s.can_grant());
+        assert_eq!(
+            s.reactivation_condition(),
+            Some(Epoch(4)),
+            "replaced only if still current"
+        );
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! The sequencer runtime over real QUIC on loopback (certificates from
 //! `generate_cluster_certs`), with the in-memory epoch store and tiny storage-node servers
 //! that record the releases they receive: concurrent grants, backpressure, batched and
-//! re-broadcast releases, redirects and forced takeover, the unrecovered-epoch release rule,
-//! typed `NotFound`, and reactivation after an abandoned LSN.
+//! re-broadcast releases, redirects and forced takeover, the unrecovered-epoch release rule
+//! (these storage nodes answer every seal with a bare `Ack`, so recovery can never finish
+//! here; recovery against real storage nodes is tested in `tests/tests/recovery.rs`), typed
+//! `NotFound`, reactivation after an abandoned LSN, and an activation that finishes although
+//! the request that started it gave up (a slow epoch store). Preemption and failover against
+//! real storage nodes are tested in `tests/tests/failover.rs`.
 //!
 //! Every wait is for a condition with a deadline; nothing sleeps to "let things happen".
 
@@ -359,6 +363,7 @@ fn assert_error(resp: &ClientResponse, code: ErrorCode) {
 struct SlowActivations {
     inner: MemoryEpochStore,
     activations: AtomicUsize,
+    delay: Duration,
 }
 
 impl EpochStore for SlowActivations {
@@ -390,7 +395,7 @@ impl EpochStore for SlowActivations {
         Box::pin(async move {
             self.activations.fetch_add(1, Ordering::SeqCst);
             // Simulated store latency (a slow etcd round trip), not a wait for the test.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(self.delay).await;
             self.inner.activate(log, options).await
         })
     }
@@ -423,6 +428,7 @@ async fn grants_are_consecutive_and_unique_across_concurrent_clients() {
     let slow = Arc::new(SlowActivations {
         inner: MemoryEpochStore::clone(&store),
         activations: AtomicUsize::new(0),
+        delay: Duration::from_millis(100),
     });
     let cluster = Cluster::start_with(3, &[1], test_config, store, slow.clone()).await;
     let log = cluster.create_log(1, attrs(2, 0, 4096)).await;
@@ -628,7 +634,7 @@ async fn a_second_sequencer_redirects_to_the_owner_and_takes_over_with_no_redire
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_with_an_unrecovered_older_epoch_never_releases() {
+async fn a_log_with_an_unrecovered_older_epoch_releases_nothing_until_recovery_finishes() {
     let mut cluster = Cluster::start(3, &[1], test_config).await;
     let pending = cluster.create_log(30, attrs(2, 0, 64)).await;
     let control = cluster.create_log(31, attrs(2, 0, 64)).await;
@@ -680,10 +686,14 @@ async fn a_log_with_an_unrecovered_older_epoch_never_releases() {
             .await,
         ClientResponse::Tail { lsn: Lsn::INVALID }
     );
-    assert_eq!(
-        cluster.sequencers[0].node.log_state(pending),
-        Some((Epoch(2), Lsn::INVALID))
-    );
+    let node = &cluster.sequencers[0].node;
+    assert_eq!(node.log_state(pending), Some((Epoch(2), Lsn::INVALID)));
+    // Recovery of epoch 1 was started (and keeps retrying its seals); the control log, a
+    // first activation, needed none.
+    assert_eq!(node.recovery_pending(pending), Some(true));
+    assert_eq!(node.recovery_pending(control), Some(false));
+    let stats = node.recovery_stats();
+    assert_eq!((stats.started, stats.active, stats.completed), (1, 1, 0));
     cluster.stop().await;
 }
 
@@ -744,6 +754,48 @@ async fn an_abandoned_lsn_moves_the_log_to_a_new_epoch() {
     assert_eq!(
         cluster.store.get_log(log).await.unwrap().current_epoch(),
         Epoch(2)
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_outlives_the_request_that_started_it() {
+    let store = Arc::new(MemoryEpochStore::new());
+    let slow = Arc::new(SlowActivations {
+        inner: MemoryEpochStore::clone(&store),
+        activations: AtomicUsize::new(0),
+        // Longer than the first request waits, well within the activation timeout.
+        delay: Duration::from_millis(1500),
+    });
+    let cluster = Cluster::start_with(3, &[1], test_config, store, slow.clone()).await;
+    let log = cluster.create_log(60, attrs(2, 0, 64)).await;
+    let seq = &cluster.sequencers[0];
+    // The client gives up before the epoch store answers.
+    let impatient = cluster
+        .client
+        .call(
+            seq.addr,
+            &sequence(log, 1, false),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(
+        impatient.is_err(),
+        "answered before the store did: {impatient:?}"
+    );
+    // The activation it started finishes anyway (not cut at the request's deadline, which
+    // could bump the epoch and lose the answer), so the retry is granted at once.
+    let deadline = Instant::now() + T;
+    while seq.node.log_state(log).is_none() {
+        assert!(Instant::now() < deadline, "the activation never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let g = cluster.grant(0, log, 1).await;
+    assert_eq!(g.first, lsn(1, 1));
+    assert_eq!(slow.activations.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        cluster.store.get_log(log).await.unwrap().current_epoch(),
+        Epoch(1)
     );
     cluster.stop().await;
 }

@@ -5,8 +5,9 @@
 //! group-committed writes, per-log metadata — trim points, seals, release pointers, LNGs —
 //! checksummed reads, `find_time`, `data_size` and retention; no network code) and [`server`]
 //! (the network role on top of it, [`server::StorageNode`]: STORE with admission control,
-//! checksum, seal and disk-space checks; RELEASE, SEAL, CLEAN, TRIM, recovery digests; cluster
-//! state and log metadata for clients; registration in membership). Read streams come next.
+//! checksum, seal and disk-space checks; RELEASE, SEAL, CLEAN, TRIM, recovery digests; read
+//! streams with flow control, tail following and server-side filters ([`server::read`]);
+//! cluster state and log metadata for clients; registration in membership).
 
 pub mod logsdb;
 pub mod server;

@@ -5,12 +5,24 @@
 //! wave and AMENDs, typed failures when fewer than R nodes answer, oversized payloads refused
 //! before anything is sent, and the buffered writer's batching.
 //!
-//! Every wait is for a condition (an append's outcome) with a deadline; nothing sleeps.
+//! Coalescing: the sequencer's service is wrapped to count `Sequence` and `ReportStored`
+//! requests and to hold `Sequence` requests at a gate. With the gate closed, one append's
+//! grant request (on a task of its own) waits there while further appends, polled once each
+//! (an append takes its place in the log's queue on its first poll), queue behind it; opening the gate sends them
+//! as one batch. That makes the batches deterministic: exactly two grants, one STORE per
+//! copy for each, increasing LSNs in issue order, one typed error for every caller of a failed
+//! batch, waves and AMENDs for a coalesced batch.
+//!
+//! Every wait is for a condition (an append's outcome, a counter) with a deadline; nothing
+//! sleeps.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use tally_client::{AppendError, BufferedConfig, Client, ClientConfig};
@@ -28,6 +40,7 @@ use tally_epochstore::{EpochStore, MemoryEpochStore, NodeLease};
 use tally_sequencer::runtime::{
     SequencerConfig, SequencerDeps, SequencerNode, SequencerRuntime, run,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +56,8 @@ enum Mode {
     Stall,
     /// Answer `Disabled`: nothing is kept.
     Refuse,
+    /// Answer `Preempted` with a seal at the batch's epoch: nothing is kept.
+    Preempt,
 }
 
 /// One STORE as a fake node received it.
@@ -71,6 +86,8 @@ struct FakeStorage {
     mode: Mutex<Mode>,
     /// Shared by all fake nodes: the first node to receive a STORE while set stalls forever.
     stall_first: Arc<AtomicBool>,
+    /// Likewise for the first STORE carrying more than one record (a coalesced batch).
+    stall_first_batch: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -88,7 +105,9 @@ impl Service<ClientProtocol> for FakeStorage {
                 "fake storage serves only Store",
             ));
         };
-        if self.stall_first.swap(false, Ordering::SeqCst) {
+        if self.stall_first.swap(false, Ordering::SeqCst)
+            || (batch.records.len() > 1 && self.stall_first_batch.swap(false, Ordering::SeqCst))
+        {
             *self.mode.lock().unwrap() = Mode::Stall;
         }
         let amend = batch.flags.contains(RecordFlags::AMEND);
@@ -121,6 +140,10 @@ impl Service<ClientProtocol> for FakeStorage {
         match mode {
             Mode::Store => ClientResponse::StoreResult(StoreStatus::Stored),
             Mode::Refuse => ClientResponse::StoreResult(StoreStatus::Disabled),
+            Mode::Preempt => ClientResponse::StoreResult(StoreStatus::Preempted {
+                seal: batch.records[0].lsn.epoch(),
+                sequencer: None,
+            }),
             Mode::Stall => {
                 ctx.shutdown.cancelled().await;
                 ClientResponse::StoreResult(StoreStatus::Overloaded)
@@ -139,10 +162,82 @@ impl Service<NodeProtocol> for AckReleases {
     }
 }
 
+/// A sequencer's client service, with its `Sequence` and `ReportStored` requests counted and
+/// `Sequence` requests held while the gate is closed.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<SequencerNode>,
+    /// `Sequence` requests received (counted before the gate).
+    sequences: watch::Sender<usize>,
+    reports: watch::Sender<usize>,
+    preemptions: watch::Sender<usize>,
+    gate_open: watch::Sender<bool>,
+}
+
+impl Counting {
+    fn new(inner: Arc<SequencerNode>) -> Counting {
+        Counting {
+            inner,
+            sequences: watch::Sender::new(0),
+            reports: watch::Sender::new(0),
+            preemptions: watch::Sender::new(0),
+            gate_open: watch::Sender::new(true),
+        }
+    }
+
+    fn sequences(&self) -> usize {
+        *self.sequences.borrow()
+    }
+
+    fn reports(&self) -> usize {
+        *self.reports.borrow()
+    }
+
+    fn set_gate(&self, open: bool) {
+        self.gate_open.send_replace(open);
+    }
+
+    /// Waits until `n` `Sequence` requests have arrived.
+    async fn wait_sequences(&self, n: usize) {
+        let mut seen = self.sequences.subscribe();
+        tokio::time::timeout(T, seen.wait_for(|s| *s >= n))
+            .await
+            .expect("the Sequence request arrives")
+            .unwrap();
+    }
+
+    /// Waits until `n` `ReportStored` requests have arrived (they are sent in the background).
+    async fn wait_reports(&self, n: usize) {
+        let mut seen = self.reports.subscribe();
+        tokio::time::timeout(T, seen.wait_for(|s| *s >= n))
+            .await
+            .expect("the completion reports arrive")
+            .unwrap();
+    }
+}
+
+impl Service<ClientProtocol> for Counting {
+    async fn call(&self, ctx: RequestContext, req: ClientRequest) -> ClientResponse {
+        match &req {
+            ClientRequest::Sequence { .. } => {
+                self.sequences.send_modify(|n| *n += 1);
+                let mut open = self.gate_open.subscribe();
+                // Closed only while a test holds a grant back; the request's deadline bounds it.
+                let _ = open.wait_for(|open| *open).await;
+            }
+            ClientRequest::ReportStored { .. } => self.reports.send_modify(|n| *n += 1),
+            ClientRequest::ReportPreempted { .. } => self.preemptions.send_modify(|n| *n += 1),
+            _ => {}
+        }
+        self.inner.call(ctx, req).await
+    }
+}
+
 /// One sequencer node: its runtime, its server and its membership lease.
 struct Sequencer {
     id: NodeId,
     addr: SocketAddr,
+    counting: Arc<Counting>,
     runtime: Option<SequencerRuntime>,
     server: Option<Server>,
     info: NodeInfo,
@@ -170,6 +265,7 @@ struct Cluster {
     storage: Vec<Arc<FakeStorage>>,
     seen: Arc<Mutex<Seen>>,
     stall_first: Arc<AtomicBool>,
+    stall_first_batch: Arc<AtomicBool>,
     sequencers: Vec<Sequencer>,
     _servers: Vec<Server>,
     _leases: Vec<NodeLease>,
@@ -211,12 +307,14 @@ impl Cluster {
         let shutdown = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stall_first = Arc::new(AtomicBool::new(false));
+        let stall_first_batch = Arc::new(AtomicBool::new(false));
         let (mut servers, mut leases, mut fakes) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..storage {
             let fake = Arc::new(FakeStorage {
                 id: NodeId(101 + i),
                 mode: Mutex::new(Mode::Store),
                 stall_first: stall_first.clone(),
+                stall_first_batch: stall_first_batch.clone(),
                 seen: seen.clone(),
             });
             let server = Server::builder(TransportConfig::default(), identity())
@@ -241,8 +339,9 @@ impl Cluster {
             let runtime = run(SequencerConfig::new(id), deps, shutdown.clone())
                 .await
                 .unwrap();
+            let counting = Arc::new(Counting::new(runtime.node()));
             let server = Server::builder(TransportConfig::default(), identity())
-                .service::<ClientProtocol, _>(runtime.node())
+                .service::<ClientProtocol, _>(counting.clone())
                 .bind(loopback(), shutdown.child_token())
                 .unwrap();
             let addr = server.local_addr();
@@ -255,6 +354,7 @@ impl Cluster {
             nodes.push(Sequencer {
                 id,
                 addr,
+                counting,
                 runtime: Some(runtime),
                 server: Some(server),
                 info,
@@ -271,6 +371,7 @@ impl Cluster {
             storage: fakes,
             seen,
             stall_first,
+            stall_first_batch,
             sequencers: nodes,
             _servers: servers,
             _leases: leases,
@@ -555,7 +656,10 @@ async fn a_payload_over_the_limit_is_refused_before_anything_is_sent() {
 async fn the_buffered_writer_batches_small_appends() {
     let cluster = Cluster::start(3).await;
     let log = cluster.create_log(6, 3).await;
-    let client = cluster.client(cluster.config()).await;
+    let mut config = cluster.config();
+    // One buffered batch per grant, so the STOREs show the writer's own batches.
+    config.coalesce.max_batch_records = 50;
+    let client = cluster.client(config).await;
 
     // Count trigger only (the time trigger is far away): 200 records make 4 batches of 50.
     let writer = client
@@ -669,5 +773,333 @@ async fn when_the_owner_is_unreachable_the_next_in_rank_takes_the_log_over() {
     assert!(cluster.sequencers[0].node().log_state(log).is_some());
     assert_eq!(cluster.sequencers[1].node().log_state(log), None);
     assert_eq!(cluster.sequencers[0].id, NodeId(1));
+    cluster.stop(client).await;
+}
+
+/// Polls `f` once: its output if it is ready at once.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *f).poll(cx) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<Lsn, AppendError>> + Send + 'a>>;
+
+/// Holds the grant of one append at the sequencer's gate and queues `payloads` behind it, in
+/// order, each polled once; opens the gate and returns the first append's outcome and the
+/// others' in issue order. Their grants: exactly two, the second for all of `payloads`.
+async fn coalesced(
+    cluster: &Cluster,
+    client: &Client,
+    log: LogId,
+    first: Vec<u8>,
+    payloads: &[Vec<u8>],
+) -> (Result<Lsn, AppendError>, Vec<Result<Lsn, AppendError>>) {
+    let seq = cluster.sequencers[0].counting.clone();
+    let before = seq.sequences();
+    seq.set_gate(false);
+    // The head goes alone, so it runs on its caller's task: a task of its own here.
+    let head = tokio::spawn({
+        let client = client.clone();
+        async move { client.append(log, first).await }
+    });
+    seq.wait_sequences(before + 1).await;
+    let mut queued: Vec<AppendFuture<'_>> = Vec::new();
+    for payload in payloads {
+        let mut f: AppendFuture<'_> = Box::pin(client.append(log, payload.clone()));
+        assert!(poll_once(&mut f).await.is_none(), "queued behind the grant");
+        queued.push(f);
+    }
+    // A queued append dropped before its batch goes is withdrawn: never sent.
+    let mut dropped: AppendFuture<'_> = Box::pin(client.append(log, b"withdrawn".to_vec()));
+    assert!(poll_once(&mut dropped).await.is_none());
+    drop(dropped);
+    seq.set_gate(true);
+    let head = tokio::time::timeout(T + T, head)
+        .await
+        .expect("the first append ends")
+        .unwrap();
+    let mut rest = Vec::new();
+    for f in queued {
+        rest.push(
+            tokio::time::timeout(T + T, f)
+                .await
+                .expect("a queued append ends"),
+        );
+    }
+    assert_eq!(
+        seq.sequences(),
+        before + 2,
+        "one grant for all the queued appends"
+    );
+    let seen = cluster.seen.lock().unwrap();
+    assert!(
+        seen.held
+            .values()
+            .all(|held| held.values().all(|p| p != b"withdrawn")),
+        "the withdrawn append was never stored"
+    );
+    (head, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_one_log_share_one_grant_store_and_report() {
+    let cluster = Cluster::start(5).await;
+    let log = cluster.create_log(20, 3).await;
+    let client = cluster.client(cluster.config()).await;
+    let seq = cluster.sequencers[0].counting.clone();
+
+    let payloads: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| format!("coalesced {i}").into_bytes())
+        .collect();
+    let (head, rest) = coalesced(&cluster, &client, log, b"head".to_vec(), &payloads).await;
+    let head = head.unwrap();
+    let lsns: Vec<Lsn> = rest.into_iter().map(Result::unwrap).collect();
+    // Issue order is LSN order: the batch is one run of consecutive LSNs after the head.
+    assert!(lsns[0] > head, "{} after {head}", lsns[0]);
+    for pair in lsns.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "{lsns:?}");
+    }
+    let payload_stores: Vec<Received> = cluster
+        .stores(log)
+        .into_iter()
+        .filter(|r| !r.amend)
+        .collect();
+    assert_eq!(
+        payload_stores.len(),
+        6,
+        "R = 3 STOREs for the head and 3 for the 50 others: {payload_stores:?}"
+    );
+    assert_eq!(
+        payload_stores.iter().filter(|r| r.lsns == lsns).count(),
+        3,
+        "one STORE per copy carries the whole batch"
+    );
+    for (lsn, payload) in lsns.iter().zip(&payloads) {
+        assert_eq!(cluster.holders(log, *lsn, payload).len(), 3, "{lsn}");
+    }
+    // One completion report per batch.
+    seq.wait_reports(2).await;
+    assert_eq!(seq.reports(), 2);
+
+    // Real concurrency, no gate: every LSN unique, each task's LSNs increasing, R copies.
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16u32 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..25u32 {
+                let payload = format!("task {t} append {i}").into_bytes();
+                let lsn = append(&client, log, payload.clone()).await.unwrap();
+                if let Some((prev, _)) = mine.last() {
+                    assert!(lsn > *prev, "task {t}: {lsn} after {prev}");
+                }
+                mine.push((lsn, payload));
+            }
+            mine
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        acked.extend(done.unwrap());
+    }
+    let unique: BTreeSet<Lsn> = acked.iter().map(|(l, _)| *l).collect();
+    assert_eq!(unique.len(), 16 * 25, "LSNs are unique");
+    for (lsn, payload) in &acked {
+        assert!(cluster.holders(log, *lsn, payload).len() >= 3, "{lsn}");
+    }
+    assert!(
+        seq.sequences() <= 2 + 16 * 25,
+        "never more than one grant per append"
+    );
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_of_a_failed_coalesced_batch_gets_its_typed_error() {
+    let cluster = Cluster::start(4).await;
+    let refused = cluster.create_log(21, 3).await;
+    let stalled = cluster.create_log(22, 3).await;
+    let mut config = cluster.config();
+    config.append.store_timeout_initial = Duration::from_millis(100);
+    config.append.append_timeout = Duration::from_millis(2500);
+    let client = cluster.client(config).await;
+    let ids: Vec<NodeId> = cluster.storage.iter().map(|f| f.id).collect();
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+
+    // Every node refuses: no copy can exist, every caller learns it.
+    for &id in &ids {
+        cluster.set_mode(id, Mode::Refuse);
+    }
+    let (head, rest) = coalesced(&cluster, &client, refused, b"head".to_vec(), &payloads).await;
+    assert_eq!(head, Err(AppendError::TimedOut));
+    for outcome in &rest {
+        assert_eq!(outcome, &Err(AppendError::TimedOut));
+    }
+    assert!(
+        cluster
+            .stores(refused)
+            .iter()
+            .any(|r| r.lsns.len() == payloads.len()),
+        "the ten went out as one batch"
+    );
+
+    // Two of four store, two stall: copies may exist, for every caller alike.
+    for (i, &id) in ids.iter().enumerate() {
+        cluster.set_mode(id, if i < 2 { Mode::Store } else { Mode::Stall });
+    }
+    let (head, rest) = coalesced(&cluster, &client, stalled, b"head".to_vec(), &payloads).await;
+    for outcome in std::iter::once(&head).chain(&rest) {
+        let err = outcome.as_ref().unwrap_err();
+        assert!(
+            matches!(err, AppendError::Indeterminate { .. }),
+            "expected Indeterminate, got {err:?}"
+        );
+        assert!(!err.certainly_not_appended());
+    }
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_batch_routes_around_a_stalled_node_with_amends() {
+    // Node set of 4 with R = 3: once the stalled node is avoided, wave 2 is the other three.
+    let cluster = Cluster::start(4).await;
+    let log = cluster.create_log(23, 3).await;
+    let mut config = cluster.config();
+    // The head finishes before the batch is sequenced, so only the batch meets the stall.
+    config.coalesce.max_batches_in_flight = 1;
+    let client = cluster.client(config).await;
+    cluster.stall_first_batch.store(true, Ordering::SeqCst);
+
+    let payloads: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 64]).collect();
+    let (head, rest) = coalesced(&cluster, &client, log, b"head".to_vec(), &payloads).await;
+    head.unwrap();
+    let lsns: Vec<Lsn> = rest.into_iter().map(Result::unwrap).collect();
+
+    let stores: Vec<Received> = cluster
+        .stores(log)
+        .into_iter()
+        .filter(|r| r.lsns == lsns)
+        .collect();
+    let stalled: Vec<NodeId> = cluster
+        .storage
+        .iter()
+        .filter(|f| f.mode() == Mode::Stall)
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(stalled.len(), 1);
+    let wave1: BTreeSet<NodeId> = stores
+        .iter()
+        .filter(|r| r.wave == 1)
+        .map(|r| r.node)
+        .collect();
+    let wave2: Vec<&Received> = stores.iter().filter(|r| r.wave == 2).collect();
+    assert_eq!(wave1.len(), 3, "{stores:?}");
+    assert!(wave1.contains(&stalled[0]));
+    assert_eq!(wave2.len(), 3, "{stores:?}");
+    assert!(stores.iter().all(|r| r.wave <= 2), "{stores:?}");
+    assert!(
+        wave2.iter().all(|r| r.node != stalled[0]),
+        "the slow node is avoided"
+    );
+    for r in &wave2 {
+        // Members that stored wave 1 get a payload-less AMEND of the whole batch.
+        assert_eq!(r.amend, wave1.contains(&r.node), "{r:?}");
+    }
+    assert_eq!(wave2.iter().filter(|r| r.amend).count(), 2);
+    let expected: BTreeSet<NodeId> = wave2.iter().map(|r| r.node).collect();
+    for (lsn, payload) in lsns.iter().zip(&payloads) {
+        assert_eq!(cluster.holders(log, *lsn, payload), expected, "{lsn}");
+    }
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_batch_too_big_for_the_window_goes_in_smaller_batches() {
+    let cluster = Cluster::start(3).await;
+    let log = LogId(24);
+    let attributes = LogAttributes {
+        replication: 3,
+        max_in_flight: 4,
+        ..LogAttributes::default()
+    };
+    cluster.store.create_log(log, attributes).await.unwrap();
+    let client = cluster.client(cluster.config()).await;
+    let seq = cluster.sequencers[0].counting.clone();
+
+    // The head holds the gate; twenty appends queue behind it, more than the window holds.
+    seq.set_gate(false);
+    let head = tokio::spawn({
+        let client = client.clone();
+        async move { client.append(log, b"head".to_vec()).await }
+    });
+    seq.wait_sequences(1).await;
+    let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 32]).collect();
+    let mut queued: Vec<AppendFuture<'_>> = Vec::new();
+    for payload in &payloads {
+        let mut f: AppendFuture<'_> = Box::pin(client.append(log, payload.clone()));
+        assert!(poll_once(&mut f).await.is_none());
+        queued.push(f);
+    }
+    seq.set_gate(true);
+    let head = tokio::time::timeout(T + T, head)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut lsns = Vec::new();
+    for f in queued {
+        lsns.push(tokio::time::timeout(T + T, f).await.unwrap().unwrap());
+    }
+    assert!(lsns[0] > head);
+    for pair in lsns.windows(2) {
+        assert!(pair[1] > pair[0], "issue order is LSN order: {lsns:?}");
+    }
+    for (lsn, payload) in lsns.iter().zip(&payloads) {
+        assert_eq!(cluster.holders(log, *lsn, payload).len(), 3, "{lsn}");
+    }
+    let stores = cluster.stores(log);
+    assert!(
+        stores.iter().all(|r| r.lsns.len() <= 4),
+        "no grant is larger than the window: {stores:?}"
+    );
+    cluster.stop(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_batch_is_reported_and_the_next_one_goes_to_a_new_epoch() {
+    let cluster = Cluster::start(3).await;
+    let log = cluster.create_log(25, 3).await;
+    let client = cluster.client(cluster.config()).await;
+    let seq = cluster.sequencers[0].counting.clone();
+    let first = append(&client, log, b"before".to_vec()).await.unwrap();
+
+    for fake in &cluster.storage {
+        cluster.set_mode(fake.id, Mode::Preempt);
+    }
+    let err = append(&client, log, b"sealed".to_vec()).await.unwrap_err();
+    assert!(
+        // Copies may be in doubt: other STOREs were outstanding when the refusal came.
+        matches!(err, AppendError::Preempted { seal, .. } if seal == first.epoch()),
+        "{err:?}"
+    );
+    let mut preemptions = seq.preemptions.subscribe();
+    tokio::time::timeout(T, preemptions.wait_for(|n| *n >= 1))
+        .await
+        .expect("the client reports the preemption")
+        .unwrap();
+
+    for fake in &cluster.storage {
+        cluster.set_mode(fake.id, Mode::Store);
+    }
+    let after = append(&client, log, b"after".to_vec()).await.unwrap();
+    assert!(
+        after.epoch() > first.epoch(),
+        "the sequencer left the sealed epoch: {first} then {after}"
+    );
     cluster.stop(client).await;
 }

@@ -1,6 +1,6 @@
 //! The read path of the client (DESIGN §8), sans I/O: [`ReadStream`] merges the per-node read
 //! streams of one log into records and typed gaps, and says which streams to open, slide,
-//! close or rewind; the runtime that runs it over QUIC comes later.
+//! close or rewind; the runtime that runs it over QUIC is `crate::read` ([`crate::Reader`]).
 //!
 //! Layout: `read_stream` ([`ReadStream`], the state machine), `types` (its
 //! [`ReadStreamConfig`], the [`Delivery`]s it hands the application, the [`Action`]s it asks of

@@ -431,6 +431,11 @@ impl Sim {
                         filter,
                     } => {
                         assert!(!self.servers.contains_key(&stream), "stream id reused");
+                        // What a node would refuse as a bad read range.
+                        assert!(
+                            from <= until && window_until >= from,
+                            "bad StartRead {from}..={until}, window until {window_until}"
+                        );
                         if self.up[&stream.node] {
                             self.servers.insert(
                                 stream,

@@ -15,9 +15,13 @@
 //! becomes a `Trim` gap. When the next LSN is missing the machine waits until the nodes of the
 //! epoch's node set that have moved past it form an f-majority (the one [`QuorumChecker`]),
 //! then — unless every node did — for a grace period, and types the gap with [`super::gap`].
-//! With single-copy delivery on, such an inferred gap is never believed at once: the stream
-//! first rewinds in all-send-all mode, and only a gap that survives that is delivered; it also
-//! fails over to all-send-all when every live node moved past a missing LSN, proof or not.
+//! With single-copy delivery on, such an inferred gap is never believed at once. If some live
+//! nodes had not moved past it, they are the likely shippers of what is missing (dead without
+//! the runtime knowing yet, or slow): the stream first rewinds, still single copy, with them
+//! in the filter's known-down list, so the other copy holders ship their records (their
+//! streams stay open and count for proofs). A gap that survives that rewinds in all-send-all
+//! mode, and only a gap that survives that is delivered; the stream also fails over to
+//! all-send-all when every live node moved past a missing LSN, proof or not.
 //! When live nodes cannot form an authoritative f-majority, the machine reports
 //! [`Action::Stalled`] and waits. Moving into an epoch with another node set closes and opens
 //! streams; an epoch the metadata does not cover yet asks for [`Action::FetchMetadata`].
@@ -43,8 +47,18 @@ use super::types::{
     Action, Delivery, ReadStats, ReadStreamConfig, ReadStreamError, RewindReason, StreamId,
 };
 
-/// How often an unanswered metadata fetch is repeated.
-const METADATA_RETRY: Duration = Duration::from_secs(1);
+/// How soon a metadata fetch that did not give the wanted epoch is repeated: soon at first
+/// (a log activated just after the reader started), doubling up to [`METADATA_RETRY_MAX`].
+const METADATA_RETRY_MIN: Duration = Duration::from_millis(100);
+const METADATA_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A wanted epoch's metadata: when it was last asked for, and the wait before asking again.
+#[derive(Clone, Copy, Debug)]
+struct MetadataWait {
+    epoch: Epoch,
+    asked: Option<Instant>,
+    retry: Duration,
+}
 
 #[derive(Clone, Debug)]
 struct NodeState {
@@ -90,6 +104,9 @@ pub struct ReadStream {
     /// Nodes of the current epoch's node set.
     nodes: BTreeMap<NodeId, NodeState>,
     down: BTreeSet<NodeId>,
+    /// Nodes left out of single-copy shipping (in the filter's known-down list) because they
+    /// held up a single-copy read; unlike `down`, their streams stay open and count.
+    slow: BTreeSet<NodeId>,
     statuses: BTreeMap<NodeId, AuthStatus>,
     buffer: BTreeMap<Lsn, ReadRecord>,
     trim_point: Lsn,
@@ -99,7 +116,7 @@ pub struct ReadStream {
     next_incarnation: u64,
     grace: Option<Grace>,
     stalled: Option<(Lsn, Vec<NodeId>)>,
-    metadata_wanted: Option<(Epoch, Option<Instant>)>,
+    metadata_wanted: Option<MetadataWait>,
     deliveries: VecDeque<Delivery>,
     actions: VecDeque<Action>,
     stats: ReadStats,
@@ -136,6 +153,7 @@ impl ReadStream {
             view: None,
             nodes: BTreeMap::new(),
             down: BTreeSet::new(),
+            slow: BTreeSet::new(),
             statuses: BTreeMap::new(),
             buffer: BTreeMap::new(),
             trim_point: Lsn::INVALID,
@@ -184,6 +202,12 @@ impl ReadStream {
     /// Records buffered beyond the delivery point.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Whether [`ReadStream::poll_delivery`] has something (so a runtime can wait for room
+    /// downstream before taking it, which is what keeps a slow consumer's memory bounded).
+    pub fn has_delivery(&self) -> bool {
+        !self.deliveries.is_empty()
     }
 
     /// The next item for the application; taking it may slide the windows.
@@ -315,6 +339,8 @@ impl ReadStream {
         if !self.down.remove(&node) {
             return;
         }
+        // Back with a fresh stream: worth shipping for again.
+        self.slow.remove(&node);
         if self.nodes.contains_key(&node) && !self.done {
             if self.single_copy_now {
                 self.rewind(true, RewindReason::DownNodesChanged);
@@ -353,12 +379,13 @@ impl ReadStream {
                 g.expired = true;
             }
         }
-        if let Some((epoch, asked)) = self.metadata_wanted.as_mut() {
-            let asked = asked.get_or_insert(now);
-            if now.duration_since(*asked) >= METADATA_RETRY {
+        if let Some(wait) = self.metadata_wanted.as_mut() {
+            let asked = wait.asked.get_or_insert(now);
+            if now.duration_since(*asked) >= wait.retry {
                 *asked = now;
+                wait.retry = (wait.retry * 2).min(METADATA_RETRY_MAX);
                 self.actions
-                    .push_back(Action::FetchMetadata { epoch: *epoch });
+                    .push_back(Action::FetchMetadata { epoch: wait.epoch });
             }
         }
         self.advance();
@@ -388,7 +415,7 @@ impl ReadStream {
         ReadFilter {
             single_copy: self.single_copy_now,
             shuffle_seed: self.config.shuffle_seed,
-            known_down: self.down.iter().copied().collect(),
+            known_down: self.down.union(&self.slow).copied().collect(),
             min_timestamp_ms: 0,
             max_timestamp_ms: u64::MAX,
             payload_regex: String::new(),
@@ -396,6 +423,7 @@ impl ReadStream {
     }
 
     fn open_stream(&mut self, node: NodeId) {
+        self.ensure_window_covers(self.delivered_through.next());
         let stream = StreamId {
             node,
             incarnation: self.next_incarnation,
@@ -415,6 +443,29 @@ impl ReadStream {
         });
     }
 
+    /// Widens the window to reach `from` if it does not (a stream opened past its window
+    /// would be refused): after a gap the application has not taken yet, such as the bridge
+    /// into a new epoch. The window is anchored where [`ReadStream::maybe_slide_window`]
+    /// anchors it (what the application took, or a proved gap), so buffering stays bounded;
+    /// the open streams are told.
+    fn ensure_window_covers(&mut self, from: Lsn) {
+        if self.window_until >= from {
+            return;
+        }
+        let base = self.consumed_through.max(self.proved_through);
+        let target = Lsn(base.0.saturating_add(self.config.window))
+            .max(from)
+            .min(self.config.until);
+        self.window_until = target;
+        let streams: Vec<StreamId> = self.nodes.values().filter_map(|s| s.stream).collect();
+        for stream in streams {
+            self.actions.push_back(Action::SendWindow {
+                stream,
+                until: target,
+            });
+        }
+    }
+
     /// Reopens every stream from the delivery point, in single-copy mode or not. Buffered
     /// copies are kept (they are verified); what nodes proved is forgotten.
     fn rewind(&mut self, single_copy: bool, reason: RewindReason) {
@@ -424,7 +475,7 @@ impl ReadStream {
         self.actions.push_back(Action::Rewind {
             from: self.delivered_through.next(),
             single_copy,
-            known_down: self.down.iter().copied().collect(),
+            known_down: self.filter().known_down,
             reason,
         });
         let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -463,8 +514,12 @@ impl ReadStream {
                 .ok()
         });
         let (Some(entry), Some(mut checker)) = (entry, checker) else {
-            if self.metadata_wanted.map(|(e, _)| e) != Some(epoch) {
-                self.metadata_wanted = Some((epoch, None));
+            if self.metadata_wanted.map(|w| w.epoch) != Some(epoch) {
+                self.metadata_wanted = Some(MetadataWait {
+                    epoch,
+                    asked: None,
+                    retry: METADATA_RETRY_MIN,
+                });
                 self.actions.push_back(Action::FetchMetadata { epoch });
             }
             return false;
@@ -547,6 +602,13 @@ impl ReadStream {
                 continue;
             }
             match self.decide_gap(next) {
+                // The gap was decided without some live nodes, after the grace period: they
+                // are the likely shippers of what is missing. Ship around them first; a gap
+                // that survives that still goes through all-send-all below.
+                Some(_) if self.single_copy_now && self.mark_laggards_slow(next) => {
+                    self.rewind(true, RewindReason::SlowShippers);
+                    break;
+                }
                 Some((kind, to)) if self.single_copy_now => {
                     tracing::debug!(%next, %to, ?kind, "suspected gap in single-copy mode");
                     self.back_to_single_copy_after = Some(to);
@@ -568,6 +630,23 @@ impl ReadStream {
         }
         self.update_stall();
         self.maybe_slide_window();
+    }
+
+    /// Marks the live nodes of the set that have not moved past `next` (and are not slow
+    /// yet) as slow shippers; false if there is none.
+    fn mark_laggards_slow(&mut self, next: Lsn) -> bool {
+        let laggards: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(n, s)| s.passed < next && !self.down.contains(n) && !self.slow.contains(n))
+            .map(|(n, _)| *n)
+            .collect();
+        if laggards.is_empty() {
+            return false;
+        }
+        tracing::debug!(%next, ?laggards, "single-copy shippers held up the read");
+        self.slow.extend(laggards);
+        true
     }
 
     /// Whether every node of the set that is not down moved past `next` (and there is one).

@@ -101,7 +101,18 @@ impl Harness {
     fn pump(&mut self) {
         while let Some(a) = self.rs.poll_action() {
             match &a {
-                Action::OpenStream { stream, .. } => {
+                Action::OpenStream {
+                    stream,
+                    from,
+                    until,
+                    window_until,
+                    ..
+                } => {
+                    // What a node would refuse as a bad read range.
+                    assert!(
+                        from <= until && window_until >= from,
+                        "bad StartRead {from}..={until}, window until {window_until}"
+                    );
                     self.streams.insert(stream.node, *stream);
                 }
                 Action::CloseStream { stream }
@@ -523,6 +534,32 @@ fn an_unknown_epoch_fetches_metadata_first() {
 }
 
 #[test]
+fn metadata_fetches_are_repeated_soon_then_less_often() {
+    let mut h = Harness::new(config(lsn(1, 1), Lsn::MAX), &three_nodes());
+    h.records(1, vec![bridge(lsn(1, 1))]);
+    let fetches = |h: &mut Harness| {
+        h.take_actions()
+            .iter()
+            .filter(|a| matches!(a, Action::FetchMetadata { epoch } if *epoch == Epoch(2)))
+            .count()
+    };
+    assert_eq!(fetches(&mut h), 1);
+    // The wait starts at the first tick, then doubles: 100 ms, 200 ms, 400 ms, 800 ms, 1 s.
+    h.tick(0);
+    let mut asked_after = Vec::new();
+    let mut waited = 0;
+    for _ in 0..400 {
+        h.tick(10);
+        waited += 10;
+        if fetches(&mut h) == 1 {
+            asked_after.push(waited);
+            waited = 0;
+        }
+    }
+    assert_eq!(asked_after[..6], [100, 200, 400, 800, 1000, 1000]);
+}
+
+#[test]
 fn the_end_of_an_epoch_without_a_bridge_is_bridge_only_if_the_reader_started_past_it() {
     let meta = metadata(&[(1, &[0, 1, 2], 2)], 2);
     // Started past the bridge: benign.
@@ -621,6 +658,74 @@ fn single_copy_rewinds_in_all_send_all_before_believing_a_gap() {
     // In all-send-all the copy shows up.
     h.records(2, vec![rec(lsn(1, 2))]);
     assert_eq!(h.lsns(), vec![lsn(1, 1), lsn(1, 2), lsn(1, 3)]);
+}
+
+#[test]
+fn single_copy_ships_around_a_silent_node_before_doubting_the_data() {
+    let mut h = Harness::new(scd_config(), &three_nodes());
+    h.take_actions();
+    // Node 2 (the shipper of record 2) is dead without the reader knowing; an f-majority
+    // (nodes 0 and 1) moved past record 2 in single-copy mode.
+    h.records(0, vec![rec(lsn(1, 1)), rec(lsn(1, 3))]);
+    h.no_records(1, lsn(1, 1), lsn(1, 3));
+    assert_eq!(h.lsns(), vec![lsn(1, 1)]);
+    assert!(h.take_actions().is_empty(), "waits for the grace period");
+    h.tick(1);
+    h.tick(100);
+    let acts = h.take_actions();
+    assert_eq!(
+        acts[0],
+        Action::Rewind {
+            from: lsn(1, 2),
+            single_copy: true,
+            known_down: vec![NodeId(2)],
+            reason: RewindReason::SlowShippers
+        }
+    );
+    let reopened: Vec<(NodeId, bool, Vec<NodeId>)> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::OpenStream { stream, filter, .. } => {
+                Some((stream.node, filter.single_copy, filter.known_down.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    // Its stream stays open (it still counts), but others ship for it.
+    assert_eq!(
+        reopened,
+        (0..3)
+            .map(|n| (NodeId(n), true, vec![NodeId(2)]))
+            .collect::<Vec<_>>()
+    );
+    assert!(h.rs.single_copy_now());
+    h.records(1, vec![rec(lsn(1, 2))]);
+    assert_eq!(h.lsns(), vec![lsn(1, 1), lsn(1, 2), lsn(1, 3)]);
+    assert_eq!(h.rs.stats().rewinds, 1);
+
+    // A record nobody ships even then: the all-send-all check still comes before any gap.
+    h.take_actions();
+    h.records(0, vec![rec(lsn(1, 5))]);
+    h.no_records(1, lsn(1, 3), lsn(1, 5));
+    h.tick(1);
+    h.tick(100);
+    assert_eq!(h.lsns(), vec![lsn(1, 1), lsn(1, 2), lsn(1, 3)]);
+    assert!(h.take_actions().iter().any(|a| matches!(
+        a,
+        Action::Rewind {
+            reason: RewindReason::SuspectedGap,
+            single_copy: false,
+            ..
+        }
+    )));
+    // A node coming back up is shipped for again.
+    h.rs.on_node_down(NodeId(2));
+    h.rs.on_node_up(NodeId(2));
+    h.pump();
+    assert!(h.take_actions().iter().all(|a| match a {
+        Action::OpenStream { filter, .. } => filter.known_down.is_empty(),
+        _ => true,
+    }));
 }
 
 #[test]

@@ -101,6 +101,10 @@ pub enum RewindReason {
     SuspectedGap,
     /// The suspected gap is behind us: back to single-copy delivery.
     BackToSingleCopy,
+    /// Single-copy delivery stalled on nodes that did not move past a missing LSN while an
+    /// f-majority did (dead without the reader knowing yet, or slow): still single copy, with
+    /// them in the known-down list so the other copy holders ship their records.
+    SlowShippers,
 }
 
 /// What the runtime must do.
@@ -123,6 +127,7 @@ pub enum Action {
     Rewind {
         from: Lsn,
         single_copy: bool,
+        /// The known-down list of the reopened streams' filters (down and slow nodes).
         known_down: Vec<NodeId>,
         reason: RewindReason,
     },

@@ -54,7 +54,7 @@ impl<P: Protocol> Connector<P> {
             .map_err(|e| TransportError::Tls(super::TlsError::Quic(e.to_string())))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         client_config.transport_config(Arc::new(config.quic()));
-        let endpoint = quinn::Endpoint::client(local).map_err(TransportError::Bind)?;
+        let endpoint = super::endpoint::bind(local, None).map_err(TransportError::Bind)?;
         Ok(Connector {
             endpoint,
             client_config,
@@ -76,12 +76,46 @@ impl<P: Protocol> Connector<P> {
         req: &P::Request,
         timeout: Duration,
     ) -> Result<P::Response, TransportError> {
+        self.call_inner(addr, req, timeout, None).await
+    }
+
+    /// Like [`Connector::call`], but fails early with [`TransportError::PeerSilent`] (and
+    /// closes the connection) when the peer has not acknowledged anything `silent_after`
+    /// after the request went out. A live peer acknowledges packets within milliseconds even
+    /// when its answer takes long, so a slow answer still gets the whole `timeout`, while a
+    /// dead, frozen or cut-off peer is given up on quickly (sequencer failover).
+    pub async fn call_watched(
+        &self,
+        addr: SocketAddr,
+        req: &P::Request,
+        timeout: Duration,
+        silent_after: Duration,
+    ) -> Result<P::Response, TransportError> {
+        self.call_inner(addr, req, timeout, Some(silent_after))
+            .await
+    }
+
+    async fn call_inner(
+        &self,
+        addr: SocketAddr,
+        req: &P::Request,
+        timeout: Duration,
+        silent_after: Option<Duration>,
+    ) -> Result<P::Response, TransportError> {
         let deadline = Instant::now() + timeout;
         let max_frame = self.config.limits.max_frame_bytes;
         // Encode first: a request over the limit fails here, before any I/O.
         let (header, body) = encode_frame(req, FrameKind::Request, timeout_ms(timeout), max_frame)?;
+        // The connection the request went out on and how many ACK frames it had received, so
+        // a timeout can tell a silent peer (dead, frozen, cut off) from a slow one: a live peer
+        // acknowledges the request's packets within milliseconds even if it answers late.
+        // (Datagrams are no signal: a restarted peer answers a dead connection's packets with
+        // stateless resets the connection cannot verify, and those count as received.)
+        let used: std::sync::Mutex<Option<(quinn::Connection, u64)>> = Default::default();
         let exchange = async {
-            let (mut send, mut recv) = self.open_bi(addr, deadline).await?;
+            let (conn, mut send, mut recv) = self.open_bi(addr, deadline).await?;
+            let rx = conn.stats().frame_rx.acks;
+            *used.lock().unwrap_or_else(|e| e.into_inner()) = Some((conn, rx));
             match write_encoded(&mut send, &header, &body).await {
                 Ok(()) => {
                     let _ = send.finish();
@@ -102,9 +136,55 @@ impl<P: Protocol> Connector<P> {
                 Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
             }
         };
-        tokio::time::timeout_at(deadline, exchange)
-            .await
-            .unwrap_or(Err(TransportError::Timeout(timeout)))
+        // Checked once, `silent_after` after the request went out: any ACK by then proves the
+        // peer alive (later silence is normal while it works on the answer).
+        let watch = async {
+            let Some(after) = silent_after else {
+                return std::future::pending().await;
+            };
+            let sent = loop {
+                if let Some(sent) = used.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    break sent;
+                }
+                // Still connecting: the connect timeout bounds that part.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            tokio::time::sleep(after).await;
+            let (conn, rx) = sent;
+            if conn.stats().frame_rx.acks == rx {
+                self.retire_if_silent(addr, &conn, rx);
+                return TransportError::PeerSilent(after);
+            }
+            std::future::pending().await
+        };
+        let exchange = async {
+            tokio::select! {
+                result = exchange => result,
+                silent = watch => Err(silent),
+            }
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                let used = used.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some((conn, rx)) = used {
+                    self.retire_if_silent(addr, &conn, rx);
+                }
+                Err(TransportError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Closes `conn` when not one ACK arrived on it since it had received `rx_before`:
+    /// a peer that does not even acknowledge a request is dead, frozen or cut off, and a
+    /// restarted one would never answer on the old connection. Later calls connect afresh
+    /// (and fail fast if the peer is still gone) instead of waiting on it until idle timeout.
+    fn retire_if_silent(&self, addr: SocketAddr, conn: &quinn::Connection, rx_before: u64) {
+        if conn.stats().frame_rx.acks != rx_before {
+            return;
+        }
+        tracing::debug!(%addr, "peer silent for a whole request: closing the connection");
+        conn.close(codes::PEER_SILENT, b"peer silent");
     }
 
     /// Opens a server-push stream with `req`. `timeout` bounds connecting and sending the
@@ -119,7 +199,7 @@ impl<P: Protocol> Connector<P> {
         let max_frame = self.config.limits.max_frame_bytes;
         let (header, body) = encode_frame(req, FrameKind::Open, timeout_ms(timeout), max_frame)?;
         let opening = async {
-            let (mut send, recv) = self.open_bi(addr, deadline).await?;
+            let (_, mut send, recv) = self.open_bi(addr, deadline).await?;
             write_encoded(&mut send, &header, &body)
                 .await
                 .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
@@ -147,7 +227,7 @@ impl<P: Protocol> Connector<P> {
         &self,
         addr: SocketAddr,
         deadline: Instant,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), TransportError> {
         let slot = {
             let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
             conns.entry(addr).or_default().clone()
@@ -156,7 +236,7 @@ impl<P: Protocol> Connector<P> {
         if let Some(conn) = guard.as_ref() {
             if conn.close_reason().is_none() {
                 match conn.open_bi().await {
-                    Ok(streams) => return Ok(streams),
+                    Ok((send, recv)) => return Ok((conn.clone(), send, recv)),
                     // Died between the check and the open: connect afresh below.
                     Err(e) => tracing::debug!(%addr, error = %e, "cached connection is gone"),
                 }
@@ -186,12 +266,12 @@ impl<P: Protocol> Connector<P> {
                 });
             }
         };
-        let streams = conn
+        let (send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
-        *guard = Some(conn);
-        Ok(streams)
+        *guard = Some(conn.clone());
+        Ok((conn, send, recv))
     }
 }
 
@@ -213,15 +293,7 @@ pub struct ClientStream<P: Protocol> {
 impl<P: Protocol> ClientStream<P> {
     /// The next pushed message; `Ok(None)` when the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<P::Response>, TransportError> {
-        match read_frame(&mut self.recv, self.limits.max_frame_bytes).await {
-            Ok(None) => Ok(None),
-            Ok(Some(frame)) if matches!(frame.header.kind, FrameKind::Push | FrameKind::Error) => {
-                frame.decode(&self.limits).map(Some)
-            }
-            Ok(Some(frame)) => Err(TransportError::UnexpectedFrame(frame.header.kind)),
-            Err(ReadFrameError::Refused(e)) => Err(TransportError::Frame(e)),
-            Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
-        }
+        next_push::<P>(&mut self.recv, &self.limits).await
     }
 
     /// Sends a control message (e.g. a window update) to the server.
@@ -239,6 +311,86 @@ impl<P: Protocol> ClientStream<P> {
     /// Ends the stream from this side.
     pub fn close(mut self) {
         let _ = self.send.finish();
+        let _ = self.recv.stop(codes::OK);
+    }
+
+    /// Splits into a sender of control messages and a receiver of pushes, to use
+    /// concurrently (reading a frame is not cancel safe, so one task cannot `select!` between
+    /// reading pushes and sending controls on the unsplit stream).
+    pub fn split(self) -> (ControlSink<P>, PushSource<P>) {
+        (
+            ControlSink {
+                send: self.send,
+                limits: self.limits,
+                _protocol: PhantomData,
+            },
+            PushSource {
+                recv: self.recv,
+                limits: self.limits,
+                _protocol: PhantomData,
+            },
+        )
+    }
+}
+
+async fn next_push<P: Protocol>(
+    recv: &mut quinn::RecvStream,
+    limits: &Limits,
+) -> Result<Option<P::Response>, TransportError> {
+    match read_frame(recv, limits.max_frame_bytes).await {
+        Ok(None) => Ok(None),
+        Ok(Some(frame)) if matches!(frame.header.kind, FrameKind::Push | FrameKind::Error) => {
+            frame.decode(limits).map(Some)
+        }
+        Ok(Some(frame)) => Err(TransportError::UnexpectedFrame(frame.header.kind)),
+        Err(ReadFrameError::Refused(e)) => Err(TransportError::Frame(e)),
+        Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
+    }
+}
+
+/// The sending half of a split [`ClientStream`].
+#[derive(Debug)]
+pub struct ControlSink<P: Protocol> {
+    send: quinn::SendStream,
+    limits: Limits,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> ControlSink<P> {
+    /// Sends a control message (e.g. a window update) to the server.
+    pub async fn control(&mut self, msg: &P::Request) -> Result<(), TransportError> {
+        write_frame(
+            &mut self.send,
+            msg,
+            FrameKind::Control,
+            0,
+            self.limits.max_frame_bytes,
+        )
+        .await
+    }
+
+    /// Finishes this side of the stream (no more controls).
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// The receiving half of a split [`ClientStream`].
+#[derive(Debug)]
+pub struct PushSource<P: Protocol> {
+    recv: quinn::RecvStream,
+    limits: Limits,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> PushSource<P> {
+    /// The next pushed message; `Ok(None)` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<P::Response>, TransportError> {
+        next_push::<P>(&mut self.recv, &self.limits).await
+    }
+
+    /// Stops receiving: the server's further pushes fail at once.
+    pub fn stop(mut self) {
         let _ = self.recv.stop(codes::OK);
     }
 }

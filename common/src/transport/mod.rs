@@ -11,13 +11,16 @@
 //! A node serves both protocols on one UDP port; the negotiated ALPN picks the protocol.
 
 mod client;
+mod endpoint;
 mod framing;
 mod server;
 pub mod tls;
 
 use std::time::Duration;
 
-pub use client::{ClientStream, Connector};
+pub use client::{ClientStream, Connector, ControlSink, PushSource};
+#[cfg(feature = "fault-injection")]
+pub use endpoint::FAULTS_FILE_ENV;
 pub use framing::Frame;
 pub use server::{PushSink, RequestContext, Server, ServerStream, Service};
 pub use tls::{
@@ -57,6 +60,8 @@ pub mod codes {
     pub const REFUSED: VarInt = VarInt::from_u32(2);
     /// The request's deadline passed.
     pub const TIMEOUT: VarInt = VarInt::from_u32(3);
+    /// The peer acknowledged nothing for a whole request: presumed dead or cut off.
+    pub const PEER_SILENT: VarInt = VarInt::from_u32(4);
 }
 
 /// One of Tally's protocols: its message types and ALPN.
@@ -149,6 +154,10 @@ pub enum TransportError {
     },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The peer did not acknowledge anything within this long of the request going out: it is
+    /// dead, frozen or cut off (see `Connector::call_watched`). The request may have arrived.
+    #[error("peer silent for {0:?} (not even a transport acknowledgement)")]
+    PeerSilent(Duration),
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge { len: usize, max: usize },
     #[error("peer refused the frame: {0}")]
@@ -179,6 +188,7 @@ impl TransportError {
         match self {
             TransportError::Connect { .. }
             | TransportError::Timeout(_)
+            | TransportError::PeerSilent(_)
             | TransportError::ConnectionLost(_)
             | TransportError::NoAnswer => true,
             TransportError::Remote(e) => e.code.is_retryable(),
@@ -190,6 +200,7 @@ impl TransportError {
     pub fn may_have_been_applied(&self) -> bool {
         match self {
             TransportError::Timeout(_)
+            | TransportError::PeerSilent(_)
             | TransportError::ConnectionLost(_)
             | TransportError::NoAnswer => true,
             TransportError::Remote(e) => e.code == ErrorCode::Timeout,

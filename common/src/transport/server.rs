@@ -387,7 +387,7 @@ impl ServerBuilder {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(Arc::new(self.config.quic()));
         let endpoint =
-            quinn::Endpoint::server(server_config, addr).map_err(TransportError::Bind)?;
+            super::endpoint::bind(addr, Some(server_config)).map_err(TransportError::Bind)?;
         let local_addr = endpoint.local_addr().map_err(TransportError::Bind)?;
         let shutdown = shutdown.child_token();
         let tracker = TaskTracker::new();

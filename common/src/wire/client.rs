@@ -1,5 +1,6 @@
 //! The client ↔ node protocol (ALPN `tally-client/1`): cluster and log metadata, sequencer
-//! grants and completion reports, stores, trims, time lookups and read streams (DESIGN §5–§8).
+//! grants, completion and preemption reports, stores, trims, time lookups and read streams
+//! (DESIGN §5–§8).
 //!
 //! Variant order is the wire tag: append new variants at the end, never reorder or reuse.
 
@@ -73,6 +74,16 @@ pub enum ClientRequest {
     ReadWindow { until: Lsn },
     /// (On an open read stream) end it.
     StopRead,
+    /// To the sequencer that granted LSNs of `log` in `epoch`: a storage node refused a store
+    /// of such an LSN with `Preempted{seal}` (`seal ≥ epoch`), so a newer sequencer sealed the
+    /// epoch. The sequencer stops granting in `epoch`; its next `Sequence` for the log moves to
+    /// a new epoch (if it owns the log) or redirects. A report for an epoch the sequencer no
+    /// longer runs is ignored. Answer `Ack`.
+    ReportPreempted {
+        log: LogId,
+        epoch: Epoch,
+        seal: Epoch,
+    },
 }
 
 impl ClientRequest {
@@ -146,6 +157,16 @@ impl ClientRequest {
                     ));
                 }
                 filter.check()
+            }
+            ClientRequest::ReportPreempted { log, epoch, seal } => {
+                user_log(log)?;
+                if !epoch.is_valid() || seal < epoch {
+                    return Err(format!(
+                        "preemption report of epoch {epoch} by seal {seal}: the epoch must be \
+                         valid and the seal at or above it"
+                    ));
+                }
+                Ok(())
             }
         }
     }

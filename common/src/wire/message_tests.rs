@@ -280,6 +280,13 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         }),
         lsn().prop_map(|until| ClientRequest::ReadWindow { until }),
         Just(ClientRequest::StopRead),
+        (log_id(), 1u32..=Epoch::MAX.0, any::<u32>()).prop_map(|(log, e, s)| {
+            ClientRequest::ReportPreempted {
+                log,
+                epoch: Epoch(e),
+                seal: Epoch(e.max(s)),
+            }
+        }),
     ]
 }
 
@@ -558,4 +565,15 @@ fn validation_rejects_limit_breaks() {
             .validate(&limits)
             .is_err()
     );
+
+    let report = |log, epoch, seal| ClientRequest::ReportPreempted {
+        log: LogId(log),
+        epoch: Epoch(epoch),
+        seal: Epoch(seal),
+    };
+    report(1, 3, 3).validate(&limits).unwrap();
+    report(1, 3, 9).validate(&limits).unwrap();
+    for bad in [report(0, 3, 3), report(1, 0, 3), report(1, 4, 3)] {
+        assert!(bad.validate(&limits).is_err(), "{bad:?}");
+    }
 }

@@ -24,8 +24,15 @@
 //! process's CPU use in cores (`/proc/self/stat`), and with the in-process cluster the storage
 //! nodes' LogsDB counters over the measured interval: WAL fsyncs per second, durable writes
 //! per fsync, and records written per append (R, unless store timeouts sent further waves).
-//! `--store-timeout-ms` overrides the client's first-wave store timeout (a diagnostic: the
-//! default is the client's own).
+//! `--store-timeout-ms` overrides the client's first-wave store timeout, `--coalesce-in-flight`
+//! and `--coalesce-max-records` the client's coalescing of concurrent appends to one log
+//! (diagnostics: the defaults are the client's own; `--coalesce-max-records 1` sends every
+//! append alone with its own grant, STOREs and report, as the client did before coalescing,
+//! except that a log's grant requests still go one at a time).
+//! With the in-process cluster, LogsDB write requests per append (`db_writes_per_append`:
+//! the STOREs, about R when every append goes alone and R / n when batches of n appends
+//! share their STOREs, plus the release points the sequencer broadcasts, which add about one
+//! per append when appends are sparse) shows the coalescing.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -90,6 +97,15 @@ pub struct WriteBenchArgs {
     /// default, 10 ms]; a store not answered in time is sent again to a new copyset.
     #[arg(long)]
     store_timeout_ms: Option<u64>,
+    /// Coalescing: batches of one log between grant request and outcome at once [default:
+    /// the client's, 2].
+    #[arg(long)]
+    coalesce_in_flight: Option<usize>,
+    /// Coalescing: records one batch of concurrent appends holds at most [default: the
+    /// client's, 1024]; 1 sends every append alone with its own grant, STOREs and report
+    /// (a log's grant requests still go one at a time).
+    #[arg(long)]
+    coalesce_max_records: Option<u32>,
 }
 
 const RECORD_BYTES: usize = 1024;
@@ -122,6 +138,11 @@ struct Case {
     /// was sent twice; more when store timeouts sent further waves).
     #[serde(skip_serializing_if = "Option::is_none")]
     records_per_append: Option<f64>,
+    /// In-process cluster only: LogsDB write requests (STOREs, release points) per successful
+    /// append: about R plus the releases when every append goes alone, R / n when batches of
+    /// n appends share their STOREs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_writes_per_append: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -297,7 +318,7 @@ async fn run_async(args: WriteBenchArgs) -> anyhow::Result<()> {
         duration.as_secs_f64()
     );
     println!(
-        "{:<14} {:>10} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>12} {:>11}",
+        "{:<14} {:>10} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>12} {:>11} {:>13}",
         "case",
         "appends/s",
         "p50 µs",
@@ -307,7 +328,8 @@ async fn run_async(args: WriteBenchArgs) -> anyhow::Result<()> {
         "cpu",
         "fsyncs/s",
         "writes/fsync",
-        "recs/append"
+        "recs/append",
+        "dbw/append"
     );
     for name in &order {
         let c = &cases[name];
@@ -315,7 +337,7 @@ async fn run_async(args: WriteBenchArgs) -> anyhow::Result<()> {
             v.map_or_else(|| "-".to_owned(), |v| format!("{v:.prec$}"))
         };
         println!(
-            "{name:<14} {:>10.0} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>12} {:>11}",
+            "{name:<14} {:>10.0} {:>8} {:>8} {:>8} {:>6} {:>5} {:>8} {:>12} {:>11} {:>13}",
             c.appends_per_sec,
             c.p50_us,
             c.p99_us,
@@ -324,7 +346,8 @@ async fn run_async(args: WriteBenchArgs) -> anyhow::Result<()> {
             opt(c.cpu_cores, 2),
             opt(c.wal_fsyncs_per_sec, 0),
             opt(c.stores_per_fsync, 1),
-            opt(c.records_per_append, 2)
+            opt(c.records_per_append, 2),
+            opt(c.db_writes_per_append, 3)
         );
     }
     match group_commit_gain {
@@ -381,6 +404,12 @@ async fn bench(
     let mut config = ClientConfig::new(seeds.to_vec(), certs);
     if let Some(ms) = args.store_timeout_ms {
         config.append.store_timeout_initial = Duration::from_millis(ms.max(1));
+    }
+    if let Some(n) = args.coalesce_in_flight {
+        config.coalesce.max_batches_in_flight = n;
+    }
+    if let Some(n) = args.coalesce_max_records {
+        config.coalesce.max_batch_records = n;
     }
     let client = Client::connect(config).await.with_context(|| {
         format!(
@@ -536,19 +565,21 @@ async fn run_case(
             errors.len() - ERRORS_SHOWN
         );
     }
-    let (wal_fsyncs_per_sec, stores_per_fsync, records_per_append) =
+    let (wal_fsyncs_per_sec, stores_per_fsync, records_per_append, db_writes_per_append) =
         match (stats_before, stats_after) {
             (Some(b), Some(a)) => {
                 let syncs = a.wal_syncs - b.wal_syncs;
                 let replies = a.synced_replies - b.synced_replies;
                 let records = a.records - b.records;
+                let requests = a.requests - b.requests;
                 (
                     Some(syncs as f64 / elapsed.as_secs_f64()),
                     (syncs > 0).then(|| replies as f64 / syncs as f64),
                     (ok > 0).then(|| records as f64 / ok as f64),
+                    (ok > 0).then(|| requests as f64 / ok as f64),
                 )
             }
-            _ => (None, None, None),
+            _ => (None, None, None, None),
         };
     Ok(Case {
         appends_per_sec: ok as f64 / elapsed.as_secs_f64(),
@@ -561,6 +592,7 @@ async fn run_case(
         wal_fsyncs_per_sec,
         stores_per_fsync,
         records_per_append,
+        db_writes_per_append,
     })
 }
 

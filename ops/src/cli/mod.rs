@@ -1,11 +1,14 @@
-//! The client commands of the `tally` binary: `tally append` ([`append`]) and
-//! `tally log create|show` ([`log`]). With no flags they find a running `tally dev` (seed
-//! `127.0.0.1:4500`, certificates in `$TALLY_DEV_DIR/certs` or `./.tally-dev/certs`);
-//! `--seed` / `TALLY_SEED` and `--certs` / `TALLY_CERTS` ([`ConnectArgs`]) point them
-//! elsewhere.
+//! The client commands of the `tally` binary: `tally append` ([`append`]),
+//! `tally log create|show` ([`log`]), and `tally read`, `tally tail`, `tally find-time`,
+//! `tally trim` ([`read`]; TIME arguments in [`time`]). With no flags they find a running
+//! `tally dev` (seed `127.0.0.1:4500`, certificates in `$TALLY_DEV_DIR/certs` or
+//! `./.tally-dev/certs`); `--seed` / `TALLY_SEED` and `--certs` / `TALLY_CERTS`
+//! ([`ConnectArgs`]) point them elsewhere.
 
 pub mod append;
 pub mod log;
+pub mod read;
+pub mod time;
 
 use std::path::PathBuf;
 

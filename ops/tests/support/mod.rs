@@ -8,6 +8,9 @@
 //! `<dir>/node<id>.log`; when a test fails, the [`Node`] guards print the tail of each log and
 //! kill their processes.
 
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -313,6 +316,18 @@ impl Cluster {
             }
         }
         eprintln!("nodes stopped in {:.2?}", started.elapsed());
+    }
+
+    /// Takes storage node `id` out of the cluster (to kill or stop it).
+    pub fn take_storage(&mut self, id: u32) -> Node {
+        self.storage.remove(&id).expect("a running storage node")
+    }
+
+    /// Starts storage node `id` again on its config and data directory (a new port).
+    pub fn start_storage(&mut self, id: u32) {
+        assert!(!self.storage.contains_key(&id), "node {id} runs already");
+        let node = self.spawn(id, "storage");
+        self.storage.insert(id, node);
     }
 
     /// The data directory of storage node `id` (running or not).

@@ -6,10 +6,13 @@
 //! fewer than R nodes, so no append of the epoch can still be acknowledged); `Digesting` until
 //! the quorum checker, with nodes' authoritative statuses, says the digest is complete, or is an
 //! f-majority (or non-authoritative) and the grace period passed; `Mutating` until every write
-//! is stored on its whole copyset; `Cleaning` until an f-majority acknowledged `Clean` (an
-//! older recovery of the same epoch then cannot finish: its `Clean` meets our seal on one of
-//! them and is refused); `WritingLce`. Any `Preempted` aborts; an attempt that does not reach
-//! `WritingLce` within the timeout restarts from the seal.
+//! is stored on its whole copyset; `Cleaning` until an f-majority, or every node whose digest
+//! the plan used, acknowledged `Clean` (an older recovery of the same epoch then cannot finish:
+//! its `Clean` meets our seal on one of them and is refused). Only digested nodes are cleaned:
+//! a node sealed but digested too late may hold copies the plan overruled, and must purge them
+//! (DESIGN §7) rather than be told the epoch is clean. Then `WritingLce`. Any `Preempted`
+//! aborts; an attempt that does not reach `WritingLce` within the timeout restarts from the
+//! seal.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -155,7 +158,10 @@ impl EpochRecovery {
             {
                 self.round.clean_out.remove(&node);
                 self.round.cleaned.set_tag(node, true);
-                if self.round.cleaned.f_majority().is_authoritative() {
+                // Every digested node, or an f-majority of them when the digest was one.
+                if self.round.cleaned.f_majority().is_authoritative()
+                    || self.round.clean_out.is_empty()
+                {
                     self.write_lce();
                 }
             }
@@ -514,7 +520,7 @@ impl EpochRecovery {
             return;
         };
         let chosen = choose_copyset(esn, replication, &m.holders, &tiers, &excluded);
-        let Some(nodes) = chosen else {
+        let Some(mut nodes) = chosen else {
             // Not enough writable nodes: this ESN waits for the attempt's timeout (a restart
             // forgets exclusions).
             let m = self.round.mutations.get_mut(&esn).expect("present");
@@ -523,6 +529,14 @@ impl EpochRecovery {
             m.acked.clear();
             return;
         };
+        // A holder not available for writes (it lost data) still reported a copy here, which
+        // may conflict with the decision: it is written too, so readers cannot find two
+        // contents at this LSN, but it does not count towards R.
+        for h in &m.holders {
+            if !nodes.contains(h) && !self.round.excluded.contains(h) {
+                nodes.push(*h);
+            }
+        }
         let lng = self.round.plan.as_ref().map_or(Esn::INVALID, |p| p.lng);
         let batch = store_batch(&self.config, lng, esn, &m.kind, &nodes);
         let mut sends = Vec::with_capacity(nodes.len());
@@ -561,10 +575,16 @@ impl EpochRecovery {
 
     fn start_cleaning(&mut self) {
         self.phase = Phase::Cleaning;
-        let sealed: Vec<NodeId> = self.round.seal_info.keys().copied().collect();
-        for node in sealed {
+        // Only the nodes whose digest the plan was made from. A sealed node whose digest came
+        // too late may hold copies the plan overruled (past the bridge, or where it plugged);
+        // told the epoch is clean it would keep serving them, so it must purge instead.
+        let digested: Vec<NodeId> = self.round.digested_nodes();
+        for node in digested {
             self.round.clean_out.insert(node, Outbox::InFlight);
             self.push_clean(node);
+        }
+        if self.round.clean_out.is_empty() {
+            self.write_lce();
         }
     }
 

@@ -1,6 +1,7 @@
 //! Recovery of every unclean epoch of one log: the epochs `(LCE, e)` of a sequencer activated
 //! in epoch `e` (DESIGN §5 activation, §9 step 1), one [`EpochRecovery`] at a time, oldest
-//! first, each sealed at `e − 1`.
+//! first, each sealed at `e − 1`. Each finished epoch is reported as
+//! [`Action::EpochRecovered`] (for the runtime's logs and counters) before the next starts.
 //!
 //! Oldest first because the last clean epoch only moves forward one epoch at a time: an epoch
 //! recorded clean promises every epoch below it is too. When the last one is recovered the
@@ -13,7 +14,7 @@ use tally_common::quorum::AuthStatus;
 use tally_common::{Epoch, LogId, LogMetadata, Lsn, NodeId};
 
 use super::epoch_recovery::{EpochRecovery, EpochRecoveryConfig};
-use super::{Action, Event, RecoveryError, RecoveryTiming};
+use super::{Action, Attempt, Event, RecoveryError, RecoveryTiming};
 
 /// Recovery of one log's unclean epochs.
 #[derive(Debug)]
@@ -113,6 +114,15 @@ impl LogRecovery {
         self.absorb(produced, now);
     }
 
+    /// A request of `attempt` to `node` failed. Counts only for the attempt in progress: a
+    /// late failure of a request of an older attempt, or of an epoch already recovered, says
+    /// nothing about the requests in flight now.
+    pub fn node_unreachable(&mut self, node: NodeId, attempt: Attempt, now: Instant) {
+        if self.current.as_ref().map(EpochRecovery::attempt) == Some(attempt) {
+            self.handle(Event::NodeUnreachable { node }, now);
+        }
+    }
+
     fn absorb(&mut self, produced: Vec<Action>, now: Instant) {
         let mut next = false;
         for action in produced {
@@ -120,6 +130,7 @@ impl LogRecovery {
                 Action::EpochRecovered { tail, .. } => {
                     self.tail = tail;
                     next = true;
+                    self.actions.push(action);
                 }
                 Action::Aborted(_) => {
                     self.finished = true;
@@ -341,6 +352,52 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, RecoveryError::NoNodeSet(Epoch(1)));
+    }
+
+    #[test]
+    fn unreachable_reports_of_other_attempts_are_dropped() {
+        use super::super::Attempt;
+        let now = t0();
+        let timing = RecoveryTiming::default();
+        let mut r =
+            LogRecovery::new(LOG, &meta(1, 5), Epoch(4), &BTreeMap::new(), timing, now).unwrap();
+        r.drain_actions();
+        let current = r.current().unwrap().attempt();
+        assert_eq!(
+            current,
+            Attempt {
+                epoch: Epoch(2),
+                number: 0
+            }
+        );
+        // A late failure from a request of another epoch or attempt changes nothing.
+        r.node_unreachable(
+            NodeId(3),
+            Attempt {
+                epoch: Epoch(1),
+                number: 0,
+            },
+            now,
+        );
+        r.node_unreachable(
+            NodeId(3),
+            Attempt {
+                epoch: Epoch(2),
+                number: 1,
+            },
+            now,
+        );
+        r.node_unreachable(NodeId(2), current, now);
+        r.handle(Event::Tick, now + timing.retry_interval);
+        let resent: Vec<NodeId> = r
+            .drain_actions()
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendSeal { node, .. } => Some(*node),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resent, vec![NodeId(2)]);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! `log_recovery` (the epochs `(LCE, e)` oldest first, then the tail handed back to
 //! [`crate::LogSequencer::recovery_done`]).
 //!
+//! [`auth_status`] maps membership states to the quorum checker's authoritative statuses and
+//! [`RecoveryTiming::tick_interval`] says how often the runtime ticks, so the runtime
+//! (`crate::runtime::recovery`) decides nothing itself.
+//!
 //! Every message this module asks for carries an [`Attempt`]; the runtime echoes it in the
 //! matching event. A restart (timeout) opens a new attempt, and answers to an older attempt are
 //! ignored, so a late reply can never be counted for a write it does not describe.
@@ -28,6 +32,8 @@ mod tests;
 
 use std::time::Duration;
 
+use tally_common::meta::StorageState;
+use tally_common::quorum::AuthStatus;
 use tally_common::wire::{ReadRecord, StoreBatch, StoreStatus};
 use tally_common::{Epoch, Esn, LogId, Lsn, NodeId};
 
@@ -67,6 +73,28 @@ impl Default for RecoveryTiming {
     }
 }
 
+impl RecoveryTiming {
+    /// How often the runtime should feed [`Event::Tick`]: half the shorter of the retry
+    /// interval and the digest grace (at least 1 ms), so neither is overshot by more than half.
+    pub fn tick_interval(&self) -> Duration {
+        (self.retry_interval.min(self.digest_grace) / 2).max(Duration::from_millis(1))
+    }
+}
+
+/// How recovery counts a storage node in membership state `state`. A node that lost its data
+/// (or is gone without having been rebuilt) proves nothing by "I have nothing" and takes no
+/// recovery writes; every other node is taken at its word. Nodes absent from membership keep
+/// the default (fully authoritative): they must answer before absence proves anything.
+pub fn auth_status(state: StorageState) -> AuthStatus {
+    match state {
+        StorageState::DataLoss | StorageState::Gone => AuthStatus::Unavailable,
+        StorageState::Provisioning
+        | StorageState::ReadWrite
+        | StorageState::ReadOnly
+        | StorageState::Disabled => AuthStatus::FullyAuthoritative,
+    }
+}
+
 /// Something that happened, as reported by the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -102,7 +130,10 @@ pub enum Event {
     LceWritten { epoch: Epoch },
     /// The epoch store refused it; `current` is its last clean epoch.
     LceWriteFailed { epoch: Epoch, current: Epoch },
-    /// A request to `node` failed at the transport (timeout, connection lost).
+    /// A request to `node` failed: transport (timeout, connection lost), no address, an
+    /// error answer. It names no attempt (any request to the node is affected); a runtime
+    /// that knows which attempt the failed request belonged to uses
+    /// [`LogRecovery::node_unreachable`], which drops reports about older attempts.
     NodeUnreachable { node: NodeId },
     /// Time passed (retries, grace period, timeouts).
     Tick,

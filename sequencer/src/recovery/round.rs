@@ -132,6 +132,15 @@ impl Mutation {
 }
 
 impl Round {
+    /// The nodes whose digest stream finished in this attempt.
+    pub(super) fn digested_nodes(&self) -> Vec<NodeId> {
+        self.seal_info
+            .keys()
+            .copied()
+            .filter(|n| self.digested.is_tagged(*n))
+            .collect()
+    }
+
     pub(super) fn new(config: &EpochRecoveryConfig, now: Instant) -> Result<Round, RecoveryError> {
         let nodes = config.node_set.nodes();
         let checker = || {

@@ -561,3 +561,33 @@ fn preemption_drops_requests_not_yet_taken() {
         vec![Action::Aborted(AbortReason::Preempted { seal: Epoch(5) })]
     );
 }
+
+#[test]
+fn only_nodes_without_their_data_are_unavailable_to_recovery() {
+    use tally_common::meta::StorageState;
+    for (state, status) in [
+        (StorageState::Provisioning, AuthStatus::FullyAuthoritative),
+        (StorageState::ReadWrite, AuthStatus::FullyAuthoritative),
+        (StorageState::ReadOnly, AuthStatus::FullyAuthoritative),
+        (StorageState::Disabled, AuthStatus::FullyAuthoritative),
+        (StorageState::DataLoss, AuthStatus::Unavailable),
+        (StorageState::Gone, AuthStatus::Unavailable),
+    ] {
+        assert_eq!(auth_status(state), status, "{state:?}");
+    }
+}
+
+#[test]
+fn ticks_come_at_half_the_shortest_timer() {
+    let timing = RecoveryTiming {
+        digest_grace: Duration::from_millis(100),
+        retry_interval: Duration::from_millis(500),
+        ..RecoveryTiming::default()
+    };
+    assert_eq!(timing.tick_interval(), Duration::from_millis(50));
+    let tiny = RecoveryTiming {
+        digest_grace: Duration::from_micros(10),
+        ..timing
+    };
+    assert_eq!(tiny.tick_interval(), Duration::from_millis(1));
+}

@@ -1,12 +1,16 @@
 //! [`SequencerConfig`]: every knob of the sequencer runtime with its default in one place, and
 //! [`SequencerConfig::validate`] with precise messages. The pure per-log timing
-//! ([`SequencerTiming`]: append timeout, abandon grace, release re-broadcast) is embedded.
+//! ([`SequencerTiming`]: append timeout, abandon grace, release re-broadcast) and the pure
+//! recovery timing ([`RecoveryTiming`]: digest grace, retry interval, attempt timeout,
+//! mutations in flight) are embedded; the runtime adds the per-message deadline of recovery
+//! and how many logs may recover at once.
 
 use std::time::Duration;
 
 use tally_common::NodeId;
 
 use crate::log_sequencer::SequencerTiming;
+use crate::recovery::RecoveryTiming;
 
 /// Configuration of the sequencer role on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,15 @@ pub struct SequencerConfig {
     pub max_logs: usize,
     /// Wait before watching membership again after the watch ended or failed.
     pub membership_retry: Duration,
+    /// Timing and limits of the pure recovery state machine.
+    pub recovery: RecoveryTiming,
+    /// Deadline of one recovery message: a seal, a store, a clean, opening a digest stream or
+    /// waiting for its next push, a last-clean-epoch write. A miss counts as the node being
+    /// unreachable (re-sent after `recovery.retry_interval`).
+    pub recovery_request_timeout: Duration,
+    /// Most logs recovering at once on this node; the others wait for a turn (their appends
+    /// are granted meanwhile, not released).
+    pub max_concurrent_recoveries: usize,
 }
 
 impl SequencerConfig {
@@ -45,6 +58,9 @@ impl SequencerConfig {
             no_redirect_duration: Duration::from_secs(5),
             max_logs: 1 << 20,
             membership_retry: Duration::from_secs(1),
+            recovery: RecoveryTiming::default(),
+            recovery_request_timeout: Duration::from_secs(5),
+            max_concurrent_recoveries: 400,
         }
     }
 
@@ -77,6 +93,22 @@ impl SequencerConfig {
                     "{:?} is shorter than tick_interval {:?}; re-broadcasts happen on ticks",
                     self.timing.release_rebroadcast, self.tick_interval
                 ),
+            });
+        }
+        positive("recovery.digest_grace", self.recovery.digest_grace)?;
+        positive("recovery.retry_interval", self.recovery.retry_interval)?;
+        positive("recovery.attempt_timeout", self.recovery.attempt_timeout)?;
+        positive("recovery_request_timeout", self.recovery_request_timeout)?;
+        if self.recovery.max_mutations_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                field: "recovery.max_mutations_in_flight",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_concurrent_recoveries == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_concurrent_recoveries",
+                reason: "must be at least 1".into(),
             });
         }
         if self.max_logs == 0 {
@@ -114,5 +146,19 @@ mod tests {
                 ..
             })
         ));
+        let mut no_mutations = SequencerConfig::new(NodeId(1));
+        no_mutations.recovery.max_mutations_in_flight = 0;
+        assert!(matches!(
+            no_mutations.validate(),
+            Err(ConfigError::Invalid {
+                field: "recovery.max_mutations_in_flight",
+                ..
+            })
+        ));
+        let no_recoveries = SequencerConfig {
+            max_concurrent_recoveries: 0,
+            ..SequencerConfig::new(NodeId(1))
+        };
+        assert!(no_recoveries.validate().is_err());
     }
 }

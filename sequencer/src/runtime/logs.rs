@@ -6,21 +6,37 @@
 //! async mutex held across the epoch-store call, so concurrent requests for a log that is not
 //! running wait for one activation instead of each bumping the epoch. A waiter whose turn comes
 //! after an attempt that finished while it waited takes that attempt's result (success or the
-//! same error) rather than trying again. Waiters are bounded by the transport's concurrent
-//! stream limit and each by its request deadline.
+//! same error) rather than trying again. The epoch-store call is bounded by
+//! `activation_timeout` alone, not by the deadline of the request that started it: the caller
+//! (`SequencerNode::activate`) runs it as a task of its own, so a client that gives up does not
+//! cut an activation short (which could bump the epoch in the store and lose the answer) and
+//! its retry finds the log running. Requests waiting for an activation are bounded by the
+//! transport's concurrent stream limit and each by its own deadline.
 //!
-//! Activation computes `recovery_pending = LCE < epoch − 1`. **Current limit:** recovery of
-//! older epochs (`crate::recovery`) is not wired into the runtime yet, so a log activated with
-//! unrecovered epochs grants and completes appends in its new epoch but never releases them;
-//! its release point stays at the last clean tail. This is deliberate: releasing past an
-//! unrecovered epoch would tell readers that undecided LSNs are final.
+//! Preemption: a seal at or above the running epoch (recovery meeting a higher seal, or a
+//! client's `ReportPreempted` naming the running epoch, [`LogTable::report_preempted`]) stops
+//! the epoch from granting, cancels its recovery (the newer sequencer recovers it) and ends a
+//! `no_redirect` stickiness. The slot is not forgotten: the next activation replaces the epoch
+//! with a plain (unconditional) activation, so the owner of the log moves to a new epoch, above
+//! the seal because epochs come from the store. Whether a request may activate here at all
+//! (placement, `no_redirect`) is the service's decision, made before it asks.
+//!
+//! Activation computes `recovery_pending = LCE < epoch − 1`. When it is, the activation hands
+//! back a [`RecoveryJob`] (the epoch and the metadata read with it) that the caller runs as a
+//! recovery driver (`super::recovery`); until the driver calls [`LogSlot::recovery_done`] the
+//! log grants and completes appends in its new epoch but releases nothing, because releasing
+//! past an unrecovered epoch would tell readers that undecided LSNs are final. Each job carries
+//! a cancellation token kept with the running epoch: replacing the epoch (reactivation) or
+//! stepping down cancels the job, and a late `recovery_done` for an epoch no longer running is
+//! ignored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tally_common::{Epoch, LogId, Lsn, NodeId};
+use tally_common::{Epoch, LogId, LogMetadata, Lsn, NodeId};
 use tally_epochstore::{ActivateOptions, EpochStore, EpochStoreError};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::log_sequencer::{
@@ -39,6 +55,8 @@ pub enum ActivationError {
     Superseded { current: Epoch },
     #[error("this node already sequences {max} logs")]
     TooManyLogs { max: usize },
+    #[error("the sequencer is shutting down")]
+    ShuttingDown,
 }
 
 /// What a state-machine call left for the runtime to do.
@@ -52,6 +70,19 @@ pub struct Effects {
     pub reactivate: Option<ReactivateReason>,
 }
 
+/// Recovery of the epochs `(LCE, epoch)` a fresh activation inherited, for the caller of
+/// [`LogTable::activate`] to run.
+#[derive(Debug, Clone)]
+pub struct RecoveryJob {
+    pub log: LogId,
+    /// The epoch this node now runs; recovery seals at `epoch − 1`.
+    pub epoch: Epoch,
+    /// The log's metadata as written by the activation (LCE, node-set history).
+    pub metadata: LogMetadata,
+    /// Cancelled when the epoch stops running here (reactivation, step-down).
+    pub cancel: CancellationToken,
+}
+
 /// The running sequencer of one log.
 #[derive(Debug)]
 struct Running {
@@ -59,6 +90,17 @@ struct Running {
     /// Storage nodes that hear this log's releases: every node set in its history, so nodes
     /// of older epochs learn the release point too.
     targets: Arc<[NodeId]>,
+    /// The recovery job of this epoch, while one may be running.
+    recovery: Option<CancellationToken>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The epoch no longer runs here: its recovery must stop sending.
+        if let Some(token) = &self.recovery {
+            token.cancel();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +119,25 @@ struct LogState {
 
 impl LogState {
     fn serving(&self) -> bool {
-        self.running.is_some() && self.reactivate.is_none()
+        self.reactivate.is_none() && self.running.as_ref().is_some_and(|r| r.seq.can_grant())
+    }
+
+    /// Marks the running epoch preempted by `seal` if `preempt` says it applies; returns
+    /// whether it newly did.
+    fn preempt(&mut self, preempt: impl FnOnce(&mut LogSequencer) -> bool) -> bool {
+        let Some(running) = self.running.as_mut() else {
+            return false;
+        };
+        if !preempt(&mut running.seq) {
+            return false;
+        }
+        // The newer sequencer recovers this epoch and the ones before it.
+        if let Some(token) = running.recovery.take() {
+            token.cancel();
+        }
+        // A takeover forced by `no_redirect` is over: the log belongs to its owner again.
+        self.no_redirect_until = None;
+        true
     }
 
     fn drain(&mut self, log: LogId) -> Effects {
@@ -117,6 +177,43 @@ impl LogSlot {
 
     pub fn log(&self) -> LogId {
         self.log
+    }
+
+    /// Recovery of the epochs before `epoch` finished with `tail`: the log may release. `None`
+    /// if `epoch` no longer runs here (the answer of a recovery that was replaced).
+    pub fn recovery_done(&self, epoch: Epoch, tail: Lsn, now: Instant) -> Option<Effects> {
+        let mut state = self.state();
+        let running = state.running.as_mut()?;
+        if running.seq.epoch() != epoch {
+            return None;
+        }
+        running.recovery = None;
+        running.seq.recovery_done(tail, now);
+        Some(state.drain(self.log))
+    }
+
+    /// Recovery for `epoch` met a seal at `seal` (> `epoch − 1`): another sequencer took the
+    /// log; the epoch stops granting (the preemption path of [`LogTable::report_preempted`]).
+    pub fn recovery_preempted(&self, epoch: Epoch, seal: Epoch) {
+        self.state()
+            .preempt(|seq| seq.epoch() == epoch && seq.preempted(seal));
+    }
+
+    /// The running epoch and the seal that preempted it, if it is preempted.
+    pub fn preemption(&self) -> Option<(Epoch, Epoch)> {
+        let state = self.state();
+        let running = state.running.as_ref()?;
+        running
+            .seq
+            .is_preempted()
+            .map(|seal| (running.seq.epoch(), seal))
+    }
+
+    /// Whether the running epoch still waits for recovery of older epochs (`None`: the log
+    /// does not run here).
+    pub fn recovery_pending(&self) -> Option<bool> {
+        let state = self.state();
+        state.running.as_ref().map(|r| r.seq.recovery_pending())
     }
 }
 
@@ -237,24 +334,37 @@ impl LogTable {
         }
     }
 
-    /// A storage node reported a seal at `seal` for `log` (learned by a client as
-    /// `Preempted`): the running sequencer stops granting if the seal is at or above its epoch.
-    pub fn preempted(&self, log: LogId, seal: Epoch) {
-        if let Some(slot) = self.get(log)
-            && let Some(running) = slot.state().running.as_mut()
-        {
-            running.seq.preempted(seal);
-        }
+    /// A client reports that a storage node refused a store of `log` in `epoch` with
+    /// `Preempted{seal}`: if `epoch` runs here, it stops granting (see the module notes).
+    /// A report about another epoch (one this node already replaced) is ignored. Returns
+    /// whether the report preempted the running epoch.
+    pub fn report_preempted(&self, log: LogId, epoch: Epoch, seal: Epoch) -> bool {
+        self.get(log).is_some_and(|slot| {
+            slot.state()
+                .preempt(|seq| seq.report_preempted(epoch, seal))
+        })
     }
 
-    /// The release point of `log` and its epoch, if it runs here.
+    /// The running epoch of `log` and the seal that preempted it, if it is preempted here.
+    pub fn preemption(&self, log: LogId) -> Option<(Epoch, Epoch)> {
+        self.get(log)?.preemption()
+    }
+
+    /// The release point of `log` and its epoch, if it runs here and is not preempted (the
+    /// release point of a preempted epoch is stale: a newer sequencer runs the log).
     pub fn tail(&self, log: LogId) -> Option<(Epoch, Lsn)> {
         let slot = self.get(log)?;
         let state = slot.state();
         state
             .running
             .as_ref()
+            .filter(|r| r.seq.is_preempted().is_none())
             .map(|r| (r.seq.epoch(), r.seq.last_released()))
+    }
+
+    /// Whether `log` runs here and still waits for recovery of older epochs.
+    pub fn recovery_pending(&self, log: LogId) -> Option<bool> {
+        self.get(log)?.recovery_pending()
     }
 
     /// Ticks every running log; returns what they asked for.
@@ -275,14 +385,16 @@ impl LogTable {
     }
 
     /// Makes `slot` run a current epoch: activates (or, if the running epoch asked to be
-    /// replaced, reactivates with `if_current`) unless another request did it meanwhile.
-    /// `deadline` caps the epoch-store call together with the configured activation timeout.
+    /// replaced, reactivates with `if_current`; if it was preempted, activates unconditionally)
+    /// unless another request did it meanwhile. The epoch-store call is bounded by the
+    /// configured activation timeout, counted from when this call's turn comes.
+    /// Returns the recovery the new epoch needs, if this call activated one with unrecovered
+    /// older epochs; the caller must run it or the log never releases.
     pub async fn activate(
         &self,
         store: &dyn EpochStore,
         slot: &Arc<LogSlot>,
-        deadline: Instant,
-    ) -> Result<(), ActivationError> {
+    ) -> Result<Option<RecoveryJob>, ActivationError> {
         let seen = slot.state().attempts;
         let _turn = slot.activation.lock().await;
         let if_current = {
@@ -293,16 +405,23 @@ impl LogTable {
                 return Err(failure.clone());
             }
             if state.serving() || state.retired {
-                return Ok(());
+                return Ok(None);
             }
-            state.running.as_ref().map(|r| r.seq.epoch())
+            state
+                .running
+                .as_ref()
+                .and_then(|r| r.seq.reactivation_condition())
         };
         let log = slot.log;
-        let limit = self
-            .activation_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
-        let span =
-            tracing::info_span!("activate", node = %self.me, log = %log, previous = ?if_current);
+        let limit = self.activation_timeout;
+        let preempted = slot.preemption();
+        let span = tracing::info_span!(
+            "activate",
+            node = %self.me,
+            log = %log,
+            if_current = ?if_current,
+            preempted = ?preempted,
+        );
         let result = tokio::time::timeout(
             limit,
             store
@@ -350,27 +469,41 @@ impl LogTable {
                     recovery_pending,
                     last_released: meta.last_clean_tail.max(carried),
                 };
-                if recovery_pending {
-                    tracing::warn!(
-                        parent: &span,
-                        %epoch,
-                        last_clean_epoch = %meta.last_clean_epoch,
-                        "activated with unrecovered epochs: appends are granted but not released \
-                         until recovery runs (not wired yet)"
-                    );
-                } else {
-                    tracing::info!(parent: &span, %epoch, "activated");
+                let job = recovery_pending.then(|| RecoveryJob {
+                    log,
+                    epoch,
+                    metadata: meta.clone(),
+                    cancel: CancellationToken::new(),
+                });
+                if let Some((_, seal)) = preempted
+                    && epoch <= seal
+                {
+                    // Epochs come from the store, so a seal above the store's newest epoch
+                    // means the store lost updates (restored from a backup?) or something
+                    // else sealed the log. Grants in this epoch will be refused too, and each
+                    // report moves the log one epoch further until it passes the seal.
+                    tracing::error!(parent: &span, %epoch, %seal,
+                        "the epoch store handed out an epoch at or below a seal storage nodes hold");
                 }
+                tracing::info!(
+                    parent: &span,
+                    %epoch,
+                    last_clean_epoch = %meta.last_clean_epoch,
+                    recovery_pending,
+                    "activated"
+                );
+                // Replacing the old `Running` cancels its recovery, if one still ran.
                 state.running = Some(Running {
                     seq: LogSequencer::new(pure, self.timing),
                     targets: targets.into(),
+                    recovery: job.as_ref().map(|j| j.cancel.clone()),
                 });
                 state.reactivate = None;
-                Ok(())
+                Ok(job)
             }
         };
         match &result {
-            Ok(()) => state.last_failure = None,
+            Ok(_) => state.last_failure = None,
             Err(e) => {
                 state.last_failure = Some(e.clone());
                 if matches!(e, ActivationError::Store(EpochStoreError::NotFound { .. }))

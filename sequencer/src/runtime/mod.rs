@@ -2,7 +2,8 @@
 //! the network (DESIGN §5). It places logs by weighted rendezvous hashing over the live
 //! sequencer nodes (answering `Redirect` otherwise), activates logs through the epoch store,
 //! grants LSN ranges, applies completion reports, batches and re-broadcasts release points to
-//! storage nodes, and reactivates into a new epoch on ESN exhaustion or abandoned LSNs.
+//! storage nodes, reactivates into a new epoch on ESN exhaustion or abandoned LSNs, and
+//! recovers the older epochs an activation inherited (DESIGN §9) before the log releases.
 //!
 //! Layout:
 //! - [`config`]: [`SequencerConfig`] (defaults, validation).
@@ -10,6 +11,8 @@
 //!   the redirect decision.
 //! - [`logs`]: [`LogTable`], per-log state and activation (one activation at a time per log).
 //! - [`releases`]: [`ReleaseBroadcaster`], batched release points per storage node.
+//! - [`recovery`]: the per-log recovery driver that executes [`crate::recovery::LogRecovery`]
+//!   over the node protocol and the epoch store; `recovery_stats`: its [`RecoveryStats`].
 //! - `service`: the `Service<ClientProtocol>` implementation of [`SequencerNode`].
 //!
 //! How a server runs it (`tally server`, `tally dev`):
@@ -25,15 +28,29 @@
 //! seq.stopped().await;
 //! ```
 //!
-//! **Current limits.** Recovery of older epochs is not wired in: a log activated while an
-//! older epoch is unrecovered (LCE < epoch − 1, e.g. after a failover or a reactivation) grants
-//! and completes appends but never releases them (see [`logs`]). Preemption learned by clients
-//! from storage nodes has no message yet; [`SequencerNode::preempted`] is the hook. Nodes with
-//! both roles are registered by the hosting server, not by this runtime.
+//! Every activation goes through `SequencerNode::activate`, which runs it as a task on the
+//! node's tracker (bounded by `activation_timeout`, not by the deadline of the request that
+//! asked: a slow epoch store must not make every impatient request start over); when the new
+//! epoch inherits unrecovered epochs (LCE < epoch − 1: a failover, a reactivation, a restarted
+//! node) it spawns a recovery driver; the log grants and completes appends at once and releases
+//! once the driver reports the recovered tail. The node-protocol connector of
+//! [`SequencerDeps::releases`] carries both releases and recovery.
+//!
+//! **Preemption** (DESIGN §5). A client whose store of an LSN of epoch `e` a storage node
+//! refused with `Preempted{seal}` tells the granting sequencer (`ReportPreempted{log, e,
+//! seal}`, [`SequencerNode::report_preempted`]); recovery that meets a higher seal does the
+//! same internally. The epoch stops granting. The next `Sequence` for the log is placed as
+//! usual: the owner (or a node asked with `no_redirect`) activates a new epoch through the
+//! store — above the seal, since epochs come from the store — recovering the older ones as
+//! after any failover; any other node redirects to the owner. A report naming an epoch the
+//! node no longer runs is ignored. Nodes with both roles are registered by the hosting
+//! server, not by this runtime.
 
 pub mod config;
 pub mod logs;
 pub mod placement;
+pub mod recovery;
+mod recovery_stats;
 pub mod releases;
 mod service;
 
@@ -49,16 +66,19 @@ use tokio_util::task::TaskTracker;
 pub use config::{ConfigError, SequencerConfig};
 pub use logs::{ActivationError, LogTable};
 pub use placement::{Membership, Placement};
+pub use recovery_stats::{RecoveryStats, RecoveryStatsSnapshot};
 pub use releases::ReleaseBroadcaster;
 pub use tally_epochstore::{Members, MembershipView};
 
-use logs::Effects;
+use logs::{Effects, LogSlot};
+use recovery::Recoveries;
 
 /// What the runtime needs from outside.
 #[derive(Debug, Clone)]
 pub struct SequencerDeps {
     pub store: Arc<dyn EpochStore>,
-    /// Node-protocol connector for releases (a node identity).
+    /// Node-protocol connector (a node identity) for releases and recovery (seals, digests,
+    /// recovery stores, cleans).
     pub releases: Arc<Connector<NodeProtocol>>,
 }
 
@@ -79,8 +99,9 @@ pub struct SequencerNode {
     config: SequencerConfig,
     store: Arc<dyn EpochStore>,
     membership: Arc<Membership>,
-    logs: LogTable,
+    logs: Arc<LogTable>,
     releases: Arc<ReleaseBroadcaster>,
+    recoveries: Arc<Recoveries>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -99,10 +120,61 @@ impl SequencerNode {
         self.logs.tail(log)
     }
 
-    /// A storage node answered `Preempted(seal)` for `log`: the sequencer of an epoch at or
-    /// below `seal` stops granting. No message carries this to the sequencer yet.
-    pub fn preempted(&self, log: LogId, seal: Epoch) {
-        self.logs.preempted(log, seal);
+    /// Whether `log` runs here and its releases still wait for recovery of older epochs.
+    pub fn recovery_pending(&self, log: LogId) -> Option<bool> {
+        self.logs.recovery_pending(log)
+    }
+
+    /// This node's recovery counters.
+    pub fn recovery_stats(&self) -> RecoveryStatsSnapshot {
+        self.recoveries.stats.snapshot()
+    }
+
+    /// The running epoch of `log` here and the seal that preempted it, if it is preempted.
+    pub fn preemption(&self, log: LogId) -> Option<(Epoch, Epoch)> {
+        self.logs.preemption(log)
+    }
+
+    /// Makes `slot` run a current epoch (see [`LogTable::activate`]) and starts the recovery
+    /// the new epoch needs, if any. The activation runs as a task of its own, bounded by
+    /// `activation_timeout`: if the caller stops waiting (its request deadline passed), the
+    /// activation still finishes and the log runs for the next request.
+    async fn activate(&self, slot: &Arc<LogSlot>) -> Result<(), ActivationError> {
+        let logs = self.logs.clone();
+        let store = self.store.clone();
+        let recoveries = self.recoveries.clone();
+        let shutdown = self.shutdown.clone();
+        let slot = slot.clone();
+        let task = self.tracker.spawn(async move {
+            let activation = async {
+                if let Some(job) = logs.activate(&*store, &slot).await? {
+                    recoveries.spawn(slot.clone(), job);
+                }
+                Ok(())
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => Err(ActivationError::ShuttingDown),
+                result = activation => result,
+            }
+        });
+        task.await.unwrap_or(Err(ActivationError::ShuttingDown))
+    }
+
+    /// A client reports that a storage node refused its store of an LSN of `log` in `epoch`
+    /// with `Preempted{seal}` (`seal ≥ epoch`): if `epoch` is the log's running epoch here, it
+    /// stops granting and the next `Sequence` moves the log to a new epoch or redirects (see
+    /// the module notes). A report for another epoch is ignored. Returns whether the report
+    /// preempted the running epoch.
+    pub fn report_preempted(&self, log: LogId, epoch: Epoch, seal: Epoch) -> bool {
+        let applied = self.logs.report_preempted(log, epoch, seal);
+        if applied {
+            tracing::info!(node = %self.config.node, %log, %epoch, %seal,
+                "epoch preempted (reported by a client); the next Sequence moves the log");
+        } else {
+            tracing::debug!(node = %self.config.node, %log, %epoch, %seal,
+                "preemption report ignored: the epoch does not run here or was preempted already");
+        }
+        applied
     }
 
     /// Hands what a state-machine call produced to the broadcaster; returns whether the log
@@ -126,8 +198,7 @@ impl SequencerNode {
         };
         let node = self.clone();
         self.tracker.spawn(async move {
-            let deadline = Instant::now() + node.config.activation_timeout;
-            if let Err(e) = node.logs.activate(&*node.store, &slot, deadline).await {
+            if let Err(e) = node.activate(&slot).await {
                 // The next Sequence request for the log tries again.
                 tracing::warn!(node = %node.config.node, %log, error = %e, "reactivation failed");
             }
@@ -204,16 +275,32 @@ pub async fn run(
         config.release_batch_interval,
         config.release_timeout,
     ));
+    let recoveries = Arc::new(Recoveries {
+        me: config.node,
+        timing: config.recovery,
+        request_timeout: config.recovery_request_timeout,
+        connector: deps.releases.clone(),
+        membership: membership.clone(),
+        store: deps.store.clone(),
+        releases: releases.clone(),
+        permits: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_recoveries,
+        )),
+        stats: RecoveryStats::default(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
     let node = Arc::new(SequencerNode {
-        logs: LogTable::new(
+        logs: Arc::new(LogTable::new(
             config.node,
             config.timing,
             config.max_logs,
             config.activation_timeout,
-        ),
+        )),
         store: deps.store.clone(),
         membership: membership.clone(),
         releases: releases.clone(),
+        recoveries,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         config,

@@ -1,7 +1,16 @@
 //! The sequencer's `Service<ClientProtocol>`: `Sequence` (placement, activation, grant),
-//! `ReportStored`, `GetTail`, and the metadata requests every node serves (`GetClusterState`
-//! from the membership view, `GetLogMetadata` and `CreateLog` from the epoch store). Other
-//! requests belong to the storage role and are refused as `BadRequest`.
+//! `ReportStored`, `ReportPreempted`, `GetTail`, and the metadata requests every node serves
+//! (`GetClusterState` from the membership view, `GetLogMetadata` and `CreateLog` from the epoch
+//! store). Other requests belong to the storage role and are refused as `BadRequest`.
+//!
+//! `Sequence` never answers `Preempted`: a preempted epoch (see `ReportPreempted`) is replaced
+//! on the next `Sequence` by a new epoch if this node may serve the log (it owns it by
+//! placement, the request says `no_redirect`, or a `no_redirect` takeover is still sticky),
+//! and the request is redirected to the owner otherwise. The same holds when a conditional
+//! reactivation (ESN exhaustion, abandoned LSN) finds that another sequencer took the log
+//! meanwhile: the epoch steps down and the request is placed again. `ReportPreempted` is
+//! always answered `Ack`, whether it applied or was ignored (an epoch this node no longer
+//! runs).
 //!
 //! Answers to a completion report the sequencer cannot apply (the log does not run here, the
 //! report names another epoch, or LSNs never granted) are terminal `BadRequest` errors with the
@@ -47,24 +56,21 @@ fn activation_error(e: &ActivationError) -> ClientResponse {
     match e {
         ActivationError::Store(e) => store_error(e),
         ActivationError::Timeout(_) => error(ErrorCode::Timeout, e.to_string()),
-        // The epoch this node ran was replaced by another sequencer's.
-        ActivationError::Superseded { current } => ClientResponse::Preempted { seal: *current },
+        // The epoch this node ran was replaced by another sequencer's; the log moved, retry.
+        ActivationError::Superseded { .. } => error(ErrorCode::Unavailable, e.to_string()),
         ActivationError::TooManyLogs { .. } => error(ErrorCode::Overloaded, e.to_string()),
+        ActivationError::ShuttingDown => error(ErrorCode::Unavailable, e.to_string()),
     }
 }
 
-/// How often one `Sequence` request may (re)activate before giving up: the first activation,
-/// and one reactivation if the new epoch is exhausted at once (it cannot be).
+/// How often one `Sequence` request may (re)activate before giving up: the first activation
+/// (or a conditional reactivation that finds the log taken over, stepping down), and one more
+/// (the plain activation after such a step-down, or a reactivation if a new epoch were
+/// exhausted at once, which it cannot be).
 const MAX_ACTIVATIONS_PER_REQUEST: usize = 2;
 
 impl SequencerNode {
-    async fn sequence(
-        &self,
-        log: LogId,
-        count: u32,
-        no_redirect: bool,
-        deadline: Instant,
-    ) -> ClientResponse {
+    async fn sequence(&self, log: LogId, count: u32, no_redirect: bool) -> ClientResponse {
         let mut activations = 0;
         loop {
             let now = Instant::now();
@@ -92,11 +98,9 @@ impl SequencerNode {
                     match outcome {
                         SequenceOutcome::Granted(grant) => return ClientResponse::Granted(grant),
                         SequenceOutcome::NoBufs => return ClientResponse::SeqNoBufs,
-                        SequenceOutcome::Preempted { seal } => {
-                            return ClientResponse::Preempted { seal };
-                        }
-                        // ESN exhaustion: activate a new epoch right here.
-                        SequenceOutcome::Reactivating => {}
+                        // ESN exhaustion: activate a new epoch right here. (A preempted epoch
+                        // never gets here, `try_sequence` asks for activation first.)
+                        SequenceOutcome::Reactivating | SequenceOutcome::Preempted { .. } => {}
                     }
                 }
                 TrySequence::NeedsActivation => {}
@@ -105,9 +109,18 @@ impl SequencerNode {
                 return error(ErrorCode::Unavailable, "the log is moving to a new epoch");
             }
             activations += 1;
-            if let Err(e) = self.logs.activate(&*self.store, &slot, deadline).await {
-                tracing::debug!(node = %self.id(), %log, error = %e, "activation failed");
-                return activation_error(&e);
+            match self.activate(&slot).await {
+                Ok(()) => {}
+                // The epoch stepped down for a newer one: place the request again (this node
+                // activates a new epoch only if it may serve the log).
+                Err(ActivationError::Superseded { current }) => {
+                    tracing::debug!(node = %self.id(), %log, %current, "stepped down; placing again");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.id(), %log, error = %e, "activation failed");
+                    return activation_error(&e);
+                }
             }
             if no_redirect {
                 self.logs
@@ -136,9 +149,10 @@ impl SequencerNode {
         }
     }
 
-    /// The release point. A log not running here is placed like a `Sequence` (redirect to
-    /// its owner, or activate here), because only the running sequencer knows the tail.
-    async fn get_tail(&self, log: LogId, deadline: Instant) -> ClientResponse {
+    /// The release point. A log not running here (or preempted here) is placed like a
+    /// `Sequence` (redirect to its owner, or activate here), because only the running
+    /// sequencer knows the tail.
+    async fn get_tail(&self, log: LogId) -> ClientResponse {
         if let Some((_, lsn)) = self.logs.tail(log) {
             return ClientResponse::Tail { lsn };
         }
@@ -152,8 +166,10 @@ impl SequencerNode {
                 Ok(slot) => slot,
                 Err(e) => return activation_error(&e),
             };
-            if let Err(e) = self.logs.activate(&*self.store, &slot, deadline).await {
-                return activation_error(&e);
+            match self.activate(&slot).await {
+                // Stepped down for a newer epoch; the next activation is a plain one.
+                Ok(()) | Err(ActivationError::Superseded { .. }) => {}
+                Err(e) => return activation_error(&e),
             }
             if let Some((_, lsn)) = self.logs.tail(log) {
                 return ClientResponse::Tail { lsn };
@@ -187,14 +203,18 @@ impl Service<ClientProtocol> for SequencerNode {
                 no_redirect,
             } => {
                 let span = tracing::debug_span!("sequence", node = %self.id(), %log);
-                self.sequence(log, count, no_redirect, deadline)
+                self.sequence(log, count, no_redirect)
                     .instrument(span)
                     .await
             }
             ClientRequest::ReportStored {
                 log, first, count, ..
             } => self.report_stored(log, first, count),
-            ClientRequest::GetTail { log } => self.get_tail(log, deadline).await,
+            ClientRequest::ReportPreempted { log, epoch, seal } => {
+                self.report_preempted(log, epoch, seal);
+                ClientResponse::Ack
+            }
+            ClientRequest::GetTail { log } => self.get_tail(log).await,
             ClientRequest::GetClusterState => {
                 let view = self.membership.view();
                 ClientResponse::ClusterState {

@@ -31,6 +31,20 @@ pub struct LogsDbConfig {
     pub max_wal_bytes: u64,
     /// Block cache shared by all partitions.
     pub block_cache_bytes: usize,
+    /// Deliberate bugs for the chaos harness's negative controls. Never set in production.
+    pub unsafe_controls: UnsafeControls,
+}
+
+/// Deliberate safety bugs, so the chaos harness can prove its checker catches them (issue 7's
+/// negative controls). Both default to off; a node with either on logs a warning at open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnsafeControls {
+    /// Stores of epochs at or below the seal (or soft seal) are accepted instead of refused
+    /// with `Preempted`: a sealed, replaced sequencer can still get appends acknowledged.
+    pub ignore_seals: bool,
+    /// The WAL is kept in process memory (RocksDB `manual_wal_flush`) and never synced, yet
+    /// durable stores are acknowledged: a SIGKILL loses acknowledged records.
+    pub skip_fsync: bool,
 }
 
 impl Default for LogsDbConfig {
@@ -47,6 +61,7 @@ impl Default for LogsDbConfig {
             total_memtable_bytes: 512 << 20,
             max_wal_bytes: 1 << 30,
             block_cache_bytes: 256 << 20,
+            unsafe_controls: UnsafeControls::default(),
         }
     }
 }
@@ -118,6 +133,9 @@ pub fn apply_db_options(opts: &mut rocksdb::Options, config: &LogsDbConfig) {
     opts.set_max_total_wal_size(config.max_wal_bytes);
     opts.set_max_background_jobs(2);
     opts.set_max_open_files(10_000);
+    if config.unsafe_controls.skip_fsync {
+        opts.set_manual_wal_flush(true);
+    }
 }
 
 /// Options of one partition column family: L0 only (auto compaction off, so partitions are

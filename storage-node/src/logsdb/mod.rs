@@ -18,7 +18,8 @@
 //! - `request`: write operations and their acknowledgement tickets.
 //! - `shared`: state shared by the handle and the threads; the WAL syncer thread.
 //! - `writer`: the single writer thread (group commit).
-//! - `reader`: [`LogIterator`] and [`CopysetIterator`].
+//! - `reader`: [`LogIterator`] and [`CopysetIterator`], and point reads of one LSN.
+//! - `notify`: [`LogWatch`], per-log wake-ups when the release or trim point moves.
 //! - `query`: `find_time` and `data_size`.
 //! - `retention`: which logs to trim and which partitions to drop.
 //! - `open`: loading the `meta` column family and reconciling partitions on open.
@@ -32,6 +33,7 @@ mod identity;
 mod keys;
 mod log_meta;
 mod merge;
+mod notify;
 mod open;
 mod query;
 mod reader;
@@ -43,11 +45,12 @@ mod value;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{ConfigError, LogsDbConfig};
+pub use config::{ConfigError, LogsDbConfig, UnsafeControls};
 pub use directory::{DirEntry, PartitionId, PartitionInfo};
 pub use error::{CorruptKind, LogsDbError};
 pub use identity::NodeIdentity;
 pub use log_meta::{LogMeta, preemption};
+pub use notify::LogWatch;
 pub use query::FindTimeAccuracy;
 pub use reader::{CopysetEntry, CopysetIterator, LogIterator, ReadItem};
 pub use request::{Ticket, TrimOutcome};

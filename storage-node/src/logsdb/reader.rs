@@ -2,7 +2,7 @@
 //! partitions, skipping partitions that the directory says cannot hold the range, and
 //! verifying every value's checksum (a corrupt copy is a [`ReadItem::Corrupt`], never
 //! skipped, never data). [`CopysetIterator`] walks the copyset index only, so filters decide
-//! without reading payloads.
+//! without reading payloads; `read_one` then fetches the few records a filter keeps.
 //!
 //! Iterators borrow the database: keep them short-lived (one read batch) and re-open from the
 //! next LSN, which is what a read stream does anyway. A partition dropped by retention while an
@@ -15,7 +15,7 @@ use rocksdb::{BoundColumnFamily, DBRawIteratorWithThreadMode, ReadOptions};
 use tally_common::{Copyset, LogId, Lsn, RecordFlags};
 
 use super::Db;
-use super::directory::{Directory, PartitionId};
+use super::directory::{DirEntry, Directory, PartitionId};
 use super::error::{CorruptKind, LogsDbError};
 use super::keys::{self, CSI_TAG, DATA_TAG};
 use super::value::{self, LogRecord};
@@ -221,4 +221,35 @@ impl Iterator for CopysetIterator<'_> {
         })?;
         Some(item.and_then(|r| r))
     }
+}
+
+/// The record at `(log, lsn)` if this node holds it above the trim point: one point lookup in
+/// the partition whose range holds the LSN (all copies of one LSN live in one partition).
+pub(crate) fn read_one(
+    db: &Db,
+    entries: &[(PartitionId, DirEntry)],
+    log: LogId,
+    trim: Lsn,
+    lsn: Lsn,
+) -> Result<Option<ReadItem>, LogsDbError> {
+    if lsn <= trim {
+        return Ok(None);
+    }
+    let key = keys::record_key(DATA_TAG, log, lsn);
+    for (pid, _) in entries
+        .iter()
+        .rev()
+        .filter(|(_, e)| e.first_lsn <= lsn && lsn <= e.last_lsn)
+    {
+        let Some(cf) = db.cf_handle(&pid.cf_name()) else {
+            continue; // dropped by retention: it only held trimmed records
+        };
+        if let Some(bytes) = db.get_pinned_cf(&cf, key)? {
+            return Ok(Some(match value::decode(log, lsn, &bytes) {
+                Ok(v) => ReadItem::Record(v.record),
+                Err(kind) => ReadItem::Corrupt { lsn, kind },
+            }));
+        }
+    }
+    Ok(None)
 }

@@ -43,6 +43,11 @@ pub(crate) enum Op {
         epoch: Epoch,
         lng: Esn,
     },
+    /// Delete the copy at `(log, lsn)` and its copyset-index entry (a repair and test tool).
+    RemoveCopy {
+        log: LogId,
+        lsn: Lsn,
+    },
     /// Apply time-based retention (backlog per log, ms) and drop dead partitions.
     Retention {
         backlogs_ms: BTreeMap<LogId, u64>,

@@ -1,6 +1,7 @@
 //! [`LogsDb`]: opening (lock, identity, column families, metadata, clean-shutdown marker),
-//! the write API (async and blocking, all through the writer thread) and the read API
-//! (iterators, metadata, `find_time`, `data_size`), and closing.
+//! the write API (async and blocking, all through the writer thread; plus `remove_copy`, a
+//! repair and test tool) and the read API (iterators, point reads, metadata, per-log change
+//! watches, `find_time`, `data_size`), and closing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,10 @@ use super::error::{CorruptKind, LogsDbError};
 use super::identity::{DirLock, NodeIdentity};
 use super::keys::{self, MetaTag};
 use super::log_meta::LogMeta;
+use super::notify::LogWatch;
 use super::open::{load_meta, reconcile_partitions};
 use super::query::{self, FindTimeAccuracy};
-use super::reader::{CopysetIterator, LogIterator};
+use super::reader::{self, CopysetIterator, LogIterator, ReadItem};
 use super::request::{
     Op, OpResult, PreparedRecord, Request, Ticket, TrimOutcome, done, retention, rolled, sealed,
     trimmed,
@@ -79,6 +81,13 @@ impl LogsDb {
     ) -> Result<LogsDb, LogsDbError> {
         config.validate()?;
         let dir = dir.as_ref();
+        if config.unsafe_controls != Default::default() {
+            tracing::warn!(
+                dir = %dir.display(),
+                controls = ?config.unsafe_controls,
+                "LogsDB opened with deliberate safety bugs (chaos negative controls)"
+            );
+        }
         std::fs::create_dir_all(dir).map_err(|e| LogsDbError::io(dir, e))?;
         let lock = DirLock::acquire(dir)?;
         let db_path: PathBuf = dir.join("db");
@@ -163,6 +172,7 @@ impl LogsDb {
             failure: OnceLock::new(),
             partition_opts,
             stats: Default::default(),
+            watchers: Default::default(),
         });
         let (tx, rx) = tokio::sync::mpsc::channel(config.queue_capacity);
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
@@ -465,6 +475,22 @@ impl LogsDb {
             .wait()
     }
 
+    /// Deletes the copy of the record at `(log, lsn)` and its copyset-index entry, durably.
+    /// A repair and test tool (it makes data loss on purpose): nothing in the normal write or
+    /// read path calls it. The partition directory is left as is (its ranges are bounds, not
+    /// counts). Removing an LSN this node does not hold changes nothing.
+    pub async fn remove_copy(&self, log: LogId, lsn: Lsn) -> Result<(), LogsDbError> {
+        self.submit_async(Op::RemoveCopy { log, lsn }, Durability::Durable, done)
+            .await?
+            .wait_async()
+            .await
+    }
+
+    pub fn remove_copy_blocking(&self, log: LogId, lsn: Lsn) -> Result<(), LogsDbError> {
+        self.submit_blocking(Op::RemoveCopy { log, lsn }, Durability::Durable, done)?
+            .wait()
+    }
+
     /// One retention pass: trims logs past their backlog (ms, per log; logs not named keep
     /// everything not trimmed explicitly) and drops partitions with nothing live.
     pub async fn enforce_retention(
@@ -522,6 +548,41 @@ impl LogsDb {
     /// The metadata of `log` (defaults when nothing was ever stored for it).
     pub fn log_meta(&self, log: LogId) -> LogMeta {
         self.view().logs.get(&log).cloned().unwrap_or_default()
+    }
+
+    /// The last released LSN and the trim point of `log` (cheaper than [`LogsDb::log_meta`]).
+    pub fn release_and_trim(&self, log: LogId) -> (Lsn, Lsn) {
+        self.view()
+            .logs
+            .get(&log)
+            .map_or((Lsn::INVALID, Lsn::INVALID), |m| {
+                (m.last_released, m.trim_point)
+            })
+    }
+
+    /// Whether this node holds records or metadata of `log`.
+    pub fn knows_log(&self, log: LogId) -> bool {
+        let view = self.view();
+        view.logs.contains_key(&log) || view.dir.entries.contains_key(&log)
+    }
+
+    /// Wakes when the last released LSN or the trim point of `log` moves (see [`LogWatch`]).
+    pub fn watch_log(&self, log: LogId) -> LogWatch {
+        self.shared.watchers.subscribe(log)
+    }
+
+    /// Logs with a live [`LogWatch`] (metrics, tests: entries go with their last watch).
+    pub fn watched_logs(&self) -> usize {
+        self.shared.watchers.len()
+    }
+
+    /// The record at `(log, lsn)` above the trim point, if this node holds it: one point
+    /// lookup, for readers that chose LSNs from the copyset index.
+    pub fn read_one(&self, log: LogId, lsn: Lsn) -> Result<Option<ReadItem>, LogsDbError> {
+        // Copied out so the view's lock is not held during the lookup (the writer publishes
+        // under it).
+        let (entries, trim) = self.entries_and_trim(log);
+        reader::read_one(&self.shared.db, &entries, log, trim, lsn)
     }
 
     /// Records of `log` in `from ..= until`, in LSN order (see [`LogIterator`]).

@@ -9,6 +9,9 @@
 //! acknowledges them: many batches share one fsync, and the writer keeps writing while the
 //! syncer waits on the disk. Seals are always acknowledged after the sync.
 //!
+//! After publishing, the writer wakes the [`super::LogWatch`]es of logs whose last released
+//! LSN or trim point moved (tailing read streams).
+//!
 //! On any write or sync error LogsDB stops acknowledging: every later request fails with
 //! `Failed` until the process restarts (DESIGN §7).
 
@@ -247,6 +250,18 @@ impl Writer {
                 }
                 Ok((OpResult::Done, durable))
             }
+            Op::RemoveCopy { log, lsn } => {
+                let (pid, maybe_there) = self.dir.target(log, lsn);
+                if maybe_there || batch.pending.contains_key(&(log, lsn)) {
+                    let cf = Self::cf(db, cfs, pid)?;
+                    batch
+                        .wb
+                        .delete_cf(&cf, keys::record_key(DATA_TAG, log, lsn));
+                    batch.wb.delete_cf(&cf, keys::record_key(CSI_TAG, log, lsn));
+                    batch.pending.remove(&(log, lsn));
+                }
+                Ok((OpResult::Done, durable))
+            }
             Op::Retention { .. } | Op::Roll => unreachable!("barriers are not staged"),
         }
     }
@@ -260,6 +275,9 @@ impl Writer {
     ) -> Result<(), LogsDbError> {
         // All or nothing: a batch with one preempted record stores none.
         for r in &records {
+            if self.shared.config.unsafe_controls.ignore_seals {
+                break;
+            }
             if let Some(meta) = self.logs.get(&r.header.log)
                 && let Some(seal) = preemption(meta, &r.header)
             {
@@ -431,6 +449,15 @@ impl Writer {
                 view.logs.insert(log, m.clone());
             }
         }
+        drop(view);
+        // Tailing readers wait for these two (after the change is visible to them).
+        self.shared.watchers.notify(
+            touched
+                .meta
+                .iter()
+                .filter(|(_, tag)| matches!(tag, MetaTag::LastReleased | MetaTag::TrimPoint))
+                .map(|(log, _)| *log),
+        );
     }
 
     fn barrier(&mut self, req: Request) {
@@ -542,6 +569,9 @@ impl Writer {
                 view.dir.remove_partition(pid);
             }
         }
+        shared
+            .watchers
+            .notify(report.trimmed.iter().map(|(log, _)| *log));
         for &pid in &report.dropped {
             self.dir.remove_partition(pid);
             shared.db.drop_cf(&pid.cf_name())?;

@@ -3,8 +3,8 @@
 //! every node serves (`GetClusterState` from the membership view, `GetLogMetadata` from the
 //! epoch store), and `None` for the rest, so a node that also runs the sequencer composes the
 //! two roles behind its one `Service<ClientProtocol>`. The `Service` impl here is for
-//! storage-only nodes: it answers other requests with `BadRequest`. Read streams are not
-//! served yet (`StartRead` is refused).
+//! storage-only nodes: it answers other requests with `BadRequest`, and serves read streams
+//! (`StartRead` opened as a push stream, see `read`); a composing service routes `open` here.
 
 use std::sync::Arc;
 
@@ -165,17 +165,13 @@ impl Service<ClientProtocol> for StorageNode {
         }
     }
 
+    /// Read streams (`StartRead`; see `read`).
     async fn open(
         &self,
-        _ctx: RequestContext,
-        _req: ClientRequest,
-        mut stream: ServerStream<ClientProtocol>,
+        ctx: RequestContext,
+        req: ClientRequest,
+        stream: ServerStream<ClientProtocol>,
     ) {
-        stream
-            .reject(remote(
-                ErrorCode::BadRequest,
-                "read streams are not served by this storage node yet",
-            ))
-            .await;
+        self.serve_read(ctx, req, stream).await
     }
 }

@@ -43,6 +43,12 @@ pub struct StorageConfig {
     pub membership_retry: Duration,
     /// Most payload bytes in one pushed digest message (recovery), well below the frame limit.
     pub digest_batch_bytes: usize,
+    /// Read streams open at once; beyond it `StartRead` is answered `Overloaded`.
+    pub max_read_streams: u32,
+    /// Most bytes (payloads plus a fixed overhead per record) in one pushed `Records` message
+    /// of a read stream; a single larger record still goes alone. A stream holds at most two
+    /// such batches in memory. Keep it well below the transport's frame limit.
+    pub read_batch_bytes: usize,
 }
 
 impl StorageConfig {
@@ -63,6 +69,8 @@ impl StorageConfig {
             epoch_store_timeout: Duration::from_secs(5),
             membership_retry: Duration::from_secs(1),
             digest_batch_bytes: 1 << 20,
+            max_read_streams: 1024,
+            read_batch_bytes: 256 << 10,
         }
     }
 
@@ -98,6 +106,12 @@ impl StorageConfig {
         }
         if self.digest_batch_bytes == 0 || self.digest_batch_bytes > 8 << 20 {
             return invalid("digest_batch_bytes", "must be in 1 ..= 8 MiB");
+        }
+        if self.max_read_streams == 0 {
+            return invalid("max_read_streams", "must be at least 1");
+        }
+        if self.read_batch_bytes == 0 || self.read_batch_bytes > 8 << 20 {
+            return invalid("read_batch_bytes", "must be in 1 ..= 8 MiB");
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The storage node's network server (DESIGN §6 step 3, §7, §9): STORE (copyset, seals, soft
 //! seals, checksums, free space, bounded in-flight work), RELEASE, SEAL, CLEAN, TRIM, the
-//! recovery digest stream, time and size lookups, and the cluster state and log metadata every
+//! recovery digest stream, read streams, time and size lookups, and the cluster state and log metadata every
 //! node serves to clients, all on top of [`LogsDb`]. It also registers the node in membership.
 //!
 //! Layout, one main type each:
@@ -12,6 +12,8 @@
 //! - `client_service`: [`StorageNode::handle_client`] and `Service<ClientProtocol>`.
 //! - `node_service`: `Service<NodeProtocol>` (Release, Seal, Store, Clean, Trim, Ping).
 //! - `digest`: the `StartDigest` push stream of recovery.
+//! - [`read`]: the `StartRead` push streams of readers (position, filters, bounded chunks,
+//!   tail following), and the single-copy shipping order ([`single_copy_shipper`]).
 //!
 //! How a server runs it (`tally server`, `tally dev`); a node with both roles composes the two
 //! client services, because an endpoint routes one `Service<ClientProtocol>` per ALPN:
@@ -37,14 +39,14 @@
 //! }
 //! ```
 //!
-//! Not yet here: read streams (`StartRead` is refused as `BadRequest`), purging of records a
-//! missed recovery did not keep, and the recovery metadata of `Clean` (only the last clean
+//! Not yet here: purging of records a missed recovery did not keep, and the recovery metadata of `Clean` (only the last clean
 //! epoch is recorded; the clean tail is not).
 
 pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod disk;
+pub mod read;
 
 mod client_service;
 mod digest;
@@ -66,6 +68,7 @@ pub use admission::{Admission, Admitted};
 pub use cluster::ClusterView;
 pub use config::{ConfigError, StorageConfig};
 pub use disk::DiskMonitor;
+pub use read::{single_copy_order, single_copy_rank, single_copy_shipper};
 
 /// What the storage role needs from outside.
 #[derive(Debug, Clone)]
@@ -106,6 +109,8 @@ pub struct StorageNode {
     logsdb: Arc<LogsDb>,
     store: Arc<dyn EpochStore>,
     admission: Admission,
+    /// One permit per open read stream (`max_read_streams`).
+    read_streams: Arc<tokio::sync::Semaphore>,
     disk: Arc<DiskMonitor>,
     cluster: Arc<ClusterView>,
     /// The membership record this node registered, and its lease.
@@ -133,6 +138,11 @@ impl StorageNode {
     /// The in-flight store budgets.
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// Read streams open now (metrics, tests).
+    pub fn open_read_streams(&self) -> usize {
+        self.config.max_read_streams as usize - self.read_streams.available_permits()
     }
 
     pub fn disk(&self) -> &DiskMonitor {
@@ -305,6 +315,9 @@ pub async fn run(
             config.max_in_flight_stores,
             config.max_in_flight_store_bytes,
         ),
+        read_streams: Arc::new(tokio::sync::Semaphore::new(
+            config.max_read_streams as usize,
+        )),
         logsdb: Arc::new(logsdb),
         store: deps.store.clone(),
         disk: disk.clone(),

@@ -49,9 +49,27 @@ pub async fn start(tweak: impl FnOnce(&mut StorageConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     generate_cluster_certs(&certs, "test-cluster", &["127.0.0.1".to_owned()]).unwrap();
+    start_in(dir, Arc::new(MemoryEpochStore::new()), tweak).await
+}
+
+/// Starts the node again on the data, certificates and epoch store of a stopped fixture
+/// ([`Fixture::stop`]).
+pub async fn restart(
+    dir: tempfile::TempDir,
+    store: Arc<MemoryEpochStore>,
+    tweak: impl FnOnce(&mut StorageConfig),
+) -> Fixture {
+    start_in(dir, store, tweak).await
+}
+
+async fn start_in(
+    dir: tempfile::TempDir,
+    store: Arc<MemoryEpochStore>,
+    tweak: impl FnOnce(&mut StorageConfig),
+) -> Fixture {
+    let certs = dir.path().join("certs");
     let mut cfg = config(dir.path());
     tweak(&mut cfg);
-    let store = Arc::new(MemoryEpochStore::new());
     let shutdown = CancellationToken::new();
     let deps = StorageDeps::new(store.clone() as Arc<dyn EpochStore>);
     let runtime = server::run(cfg, deps, shutdown.clone()).await.unwrap();

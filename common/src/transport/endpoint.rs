@@ -1,0 +1,172 @@
+//! Binding QUIC endpoints, with optional network fault injection for chaos tests.
+//!
+//! Every endpoint (server or connector) is bound here. With the cargo feature
+//! `fault-injection` and the environment variable `TALLY_NET_FAULTS_FILE` set, the endpoint's
+//! UDP socket drops every datagram it would send to an address listed in that file (one
+//! `ip:port` per line; `#` comments). A thread re-reads the file every 50 ms, so a chaos
+//! nemesis cuts and heals links by rewriting it (write a temporary file and rename it over).
+//! A cut between processes A and B is both files naming the other's address: each side's
+//! sends are dropped, so neither requests nor answers cross. Without the feature, or without
+//! the variable, endpoints are plain sockets and nothing is checked per datagram.
+
+use std::net::SocketAddr;
+
+/// Binds a QUIC endpoint on `addr`: a server when `server_config` is given, else client only.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    server_config: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime found for the QUIC endpoint"))?;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket = runtime.wrap_udp_socket(socket)?;
+    #[cfg(feature = "fault-injection")]
+    let socket = faults::wrap(socket);
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        server_config,
+        socket,
+        runtime,
+    )
+}
+
+#[cfg(feature = "fault-injection")]
+mod faults {
+    use std::collections::HashSet;
+    use std::io::{self, IoSliceMut};
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::pin::Pin;
+    use std::sync::{Arc, OnceLock, RwLock};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use quinn::udp::{RecvMeta, Transmit};
+    use quinn::{AsyncUdpSocket, UdpPoller};
+
+    /// The environment variable naming the blocked-addresses file.
+    pub const FAULTS_FILE_ENV: &str = "TALLY_NET_FAULTS_FILE";
+
+    /// Addresses this process must not send to, shared by every endpoint of the process.
+    #[derive(Debug, Default)]
+    struct Blocked(RwLock<HashSet<SocketAddr>>);
+
+    static BLOCKED: OnceLock<Option<Arc<Blocked>>> = OnceLock::new();
+
+    fn blocked() -> Option<Arc<Blocked>> {
+        BLOCKED
+            .get_or_init(|| {
+                let path = PathBuf::from(std::env::var_os(FAULTS_FILE_ENV)?);
+                let blocked = Arc::new(Blocked::default());
+                let shared = blocked.clone();
+                std::thread::Builder::new()
+                    .name("net-faults".into())
+                    .spawn(move || {
+                        loop {
+                            let set = read_rules(&path);
+                            *shared.0.write().unwrap_or_else(|p| p.into_inner()) = set;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    })
+                    .ok()?;
+                tracing::warn!("network fault injection is on ({FAULTS_FILE_ENV})");
+                Some(blocked)
+            })
+            .clone()
+    }
+
+    /// Parses the rules file; a missing or unreadable file blocks nothing.
+    fn read_rules(path: &Path) -> HashSet<SocketAddr> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+
+    pub(super) fn wrap(socket: Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> {
+        match blocked() {
+            Some(blocked) => Arc::new(FaultySocket {
+                inner: socket,
+                blocked,
+            }),
+            None => socket,
+        }
+    }
+
+    /// A UDP socket that silently drops datagrams to blocked destinations.
+    #[derive(Debug)]
+    struct FaultySocket {
+        inner: Arc<dyn AsyncUdpSocket>,
+        blocked: Arc<Blocked>,
+    }
+
+    impl AsyncUdpSocket for FaultySocket {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            self.inner.clone().create_io_poller()
+        }
+
+        fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+            let cut = self
+                .blocked
+                .0
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&transmit.destination);
+            if cut {
+                // As if the network lost it.
+                return Ok(());
+            }
+            self.inner.try_send(transmit)
+        }
+
+        fn poll_recv(
+            &self,
+            cx: &mut Context<'_>,
+            bufs: &mut [IoSliceMut<'_>],
+            meta: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            self.inner.poll_recv(cx, bufs, meta)
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            self.inner.local_addr()
+        }
+
+        fn max_transmit_segments(&self) -> usize {
+            self.inner.max_transmit_segments()
+        }
+
+        fn max_receive_segments(&self) -> usize {
+            self.inner.max_receive_segments()
+        }
+
+        fn may_fragment(&self) -> bool {
+            self.inner.may_fragment()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn rules_parse_addresses_and_ignore_the_rest() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("rules");
+            std::fs::write(
+                &path,
+                "127.0.0.1:4501\n# a comment\n\n 127.0.0.1:4502 # cut\nnot an address\n",
+            )
+            .unwrap();
+            let rules = read_rules(&path);
+            assert_eq!(rules.len(), 2);
+            assert!(rules.contains(&"127.0.0.1:4502".parse().unwrap()));
+            assert!(read_rules(&dir.path().join("missing")).is_empty());
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub use faults::FAULTS_FILE_ENV;
