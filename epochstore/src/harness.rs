@@ -53,6 +53,36 @@ pub struct EtcdHarness {
     child: Option<Child>,
 }
 
+/// The arguments every harness etcd member runs with: its name and data directory, client and
+/// peer URLs on loopback, the initial cluster, short raft timers (a fast start and a minimum
+/// lease TTL of 1 s) and warnings-only logging.
+fn member_args(
+    command: &mut Command,
+    name: &str,
+    data_dir: &Path,
+    client: &str,
+    peer: &str,
+    initial_cluster: &str,
+) {
+    command
+        .arg("--name")
+        .arg(name)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen-client-urls")
+        .arg(client)
+        .arg("--advertise-client-urls")
+        .arg(client)
+        .arg("--listen-peer-urls")
+        .arg(peer)
+        .arg("--initial-advertise-peer-urls")
+        .arg(peer)
+        .arg("--initial-cluster")
+        .arg(initial_cluster)
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(["--logger", "zap", "--log-level", "warn"]);
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -127,24 +157,15 @@ impl EtcdHarness {
                 .arg(self.dir.path().join("ca.pem"))
                 .arg("--client-cert-auth");
         }
+        member_args(
+            &mut command,
+            "default",
+            &self.data_dir_path(),
+            &client,
+            &peer,
+            &format!("default={peer}"),
+        );
         let child = command
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(self.data_dir_path())
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("default={peer}"))
-            // Short raft timers: a fast start and a minimum lease TTL of 1 s.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -351,25 +372,18 @@ impl EtcdCluster {
         let m = &mut self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&bin)
-            .arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(&initial)
+        let mut command = Command::new(&bin);
+        member_args(
+            &mut command,
+            &m.name,
+            &dir.join("data"),
+            &client,
+            &peer,
+            &initial,
+        );
+        let child = command
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "tally-test"])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

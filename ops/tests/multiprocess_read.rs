@@ -12,8 +12,11 @@
 //!
 //! With single-copy delivery (the default) the nodes must ship at most 1.2 payload bytes per
 //! payload byte delivered; one all-send-all pass shows the ≈ R it costs without. Each phase
-//! prints its throughput and that ratio. Waits are for conditions (ready lines, deliveries); the
-//! reads themselves are bounded by their `until`.
+//! prints its throughput and that ratio. Last, on the same cluster: a trim of log 2 reads back
+//! as `Trim` gaps through the trim point followed by exactly the records after it, and one
+//! record of log 3 whose every copy was removed (nodes stopped, their LogsDBs opened directly)
+//! reads back as exactly one `DataLoss` at its LSN. Waits are for conditions (ready lines,
+//! deliveries); the reads themselves are bounded by their `until`.
 
 mod support;
 
@@ -125,6 +128,30 @@ async fn read_and_check(
         "{log}: acknowledged records not delivered"
     );
     reader.stats()
+}
+
+/// Every delivery of `log` from the oldest LSN through `until`.
+async fn read_range(client: &Client, log: LogId, until: Lsn) -> Vec<Delivery> {
+    let options = ReadOptions::range(ReadFrom::Oldest, ReadUntil::Lsn(until));
+    let mut reader = client.read(log, options).await.expect("start a reader");
+    let mut deliveries = Vec::new();
+    while let Some(item) = tokio::time::timeout(T, reader.next())
+        .await
+        .unwrap_or_else(|_| panic!("{log}: no delivery within {T:?}"))
+    {
+        deliveries.push(item.unwrap_or_else(|e| panic!("{log}: read failed: {e}")));
+    }
+    deliveries
+}
+
+fn record_lsns(deliveries: &[Delivery]) -> Vec<Lsn> {
+    deliveries
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Record(r) => Some(r.header.lsn),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `readers` concurrent readers, each its own client reading every log; returns the payload
@@ -252,6 +279,70 @@ fn ten_logs_read_back_by_four_readers_with_nodes_down_then_a_backfill_follows() 
         let delivered = got.len();
         eprintln!("backfill reached the tail and followed it: {delivered} records");
         drop(reader);
+
+        // Trim: log 2 up to its 1,000th record. A reader from the oldest LSN gets one `Trim`
+        // gap through the trim point, then exactly the records after it.
+        let log = LogId(2);
+        let records = &acked[&log];
+        let (upto, until) = (records[999].0, records[1999].0);
+        writer.trim(log, upto).await.expect("trim");
+        let deliveries = read_range(&writer, log, until).await;
+        // Everything before the first record is gaps: the bridge below epoch 1, then `Trim`
+        // (in window-sized pieces) through the trim point at least.
+        let first_record = deliveries
+            .iter()
+            .position(|d| matches!(d, Delivery::Record(_)))
+            .expect("records after the trim point");
+        let trimmed_to = deliveries[..first_record]
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Gap { kind: GapKind::Trim, to, .. } => Some(*to),
+                Delivery::Gap { kind: GapKind::Bridge, to, .. } if to.epoch().0 == 1 => None,
+                other => panic!("before the first record of a trimmed log: {other:?}"),
+            })
+            .max();
+        assert!(trimmed_to >= Some(upto), "trimmed through {trimmed_to:?}, not {upto}");
+        let read: Vec<Lsn> = record_lsns(&deliveries);
+        let expected: Vec<Lsn> = records[1000..2000].iter().map(|(l, _)| *l).collect();
+        assert_eq!(read, expected, "the records after the trim point");
+        eprintln!("trim: Trim gaps through {upto}, then the 1,000 records after it");
+
+        // Data loss: every copy of one record of log 3 removed through the test hook (nodes
+        // stopped, their LogsDBs opened directly). Exactly that LSN is reported as DataLoss.
+        let log = LogId(3);
+        let records = &acked[&log];
+        let (lost, until) = (records[499].0, records[999].0);
+        let ids: Vec<u32> = cluster.storage.keys().copied().collect();
+        for id in &ids {
+            let node = cluster.take_storage(*id);
+            node.sigterm();
+            node.wait_stopped();
+        }
+        // LogsDB's blocking calls must not run on a runtime worker as such.
+        tokio::task::block_in_place(|| {
+            for id in &ids {
+                support::remove_copy(&cluster, *id, log, lost);
+            }
+        });
+        for id in &ids {
+            cluster.start_storage(*id);
+        }
+        let deliveries = read_range(&writer, log, until).await;
+        let losses: Vec<(Lsn, Lsn)> = deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Gap { kind: GapKind::DataLoss, from, to } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(losses, vec![(lost, lost)], "exactly the removed record is lost");
+        let expected: Vec<Lsn> = records[..1000]
+            .iter()
+            .map(|(l, _)| *l)
+            .filter(|l| *l != lost)
+            .collect();
+        assert_eq!(record_lsns(&deliveries), expected);
+        eprintln!("data loss: exactly {lost} reported as DataLoss");
         writer.close().await;
         cluster.stop();
     });

@@ -245,6 +245,33 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Creates the first log (from 1) that sequencer `owner` owns by placement, as its
+    /// membership view sees it, with `attributes`.
+    pub async fn create_log_owned_by(
+        &self,
+        owner: NodeId,
+        attributes: LogAttributes,
+    ) -> anyhow::Result<LogId> {
+        let seq = self
+            .sequencer(owner)
+            .with_context(|| format!("sequencer {owner} is not running"))?;
+        let view = seq.membership().view();
+        let log = (1..1000u64)
+            .map(LogId)
+            .find(|l| view.owner(*l) == Some(owner))
+            .with_context(|| format!("no log below 1000 is owned by {owner}"))?;
+        self.create_log(log, attributes).await?;
+        Ok(log)
+    }
+
+    /// The bound address of running node `id`.
+    pub fn addr(&self, id: NodeId) -> anyhow::Result<SocketAddr> {
+        Ok(self
+            .node(id)
+            .with_context(|| format!("node {id} is not running"))?
+            .addr)
+    }
+
     /// Stops node `id` cleanly (endpoint drained, lease revoked, LogsDB closed). Its data
     /// directory and port are kept for [`TestCluster::restart`].
     pub async fn stop(&mut self, id: NodeId) -> anyhow::Result<()> {

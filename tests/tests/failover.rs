@@ -62,25 +62,18 @@ async fn start() -> TestCluster {
 
 /// Creates the first log (from 1) that sequencer `owner` owns by placement, replication R.
 async fn create_log_owned_by(cluster: &TestCluster, owner: NodeId) -> LogId {
-    let seq = cluster.sequencer(owner).expect("sequencer runs");
-    let view = seq.membership().view();
-    let log = (1..1000u64)
-        .map(LogId)
-        .find(|l| view.owner(*l) == Some(owner))
-        .expect("some log is owned by every sequencer");
     let attributes = LogAttributes {
         replication: R,
         ..LogAttributes::default()
     };
     cluster
-        .create_log(log, attributes)
+        .create_log_owned_by(owner, attributes)
         .await
-        .expect("log created");
-    log
+        .expect("log created")
 }
 
 fn addr(cluster: &TestCluster, id: NodeId) -> SocketAddr {
-    cluster.node(id).expect("node runs").addr
+    cluster.addr(id).expect("node runs")
 }
 
 fn sequence(log: LogId, no_redirect: bool) -> ClientRequest {

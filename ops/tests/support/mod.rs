@@ -336,6 +336,23 @@ impl Cluster {
     }
 }
 
+/// Opens the LogsDB of stopped storage node `id` directly, removes its copy of `log` at `lsn`
+/// (if it has one: the test hook behind a data-loss test) and closes it cleanly.
+pub fn remove_copy(cluster: &Cluster, id: u32, log: LogId, lsn: Lsn) {
+    let identity = NodeIdentity::new(cluster.name.clone(), NodeId(id));
+    let db = LogsDb::open(
+        cluster.data_dir(id),
+        &identity,
+        LogsDbConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .unwrap_or_else(|e| panic!("open the LogsDB of node {id}: {e}"));
+    db.remove_copy_blocking(log, lsn)
+        .unwrap_or_else(|e| panic!("node {id}: remove {log} at {lsn}: {e}"));
+    db.close()
+        .unwrap_or_else(|e| panic!("close the LogsDB of node {id}: {e}"));
+}
+
 /// One record's copies as the storage nodes' LogsDBs hold them.
 #[derive(Debug, Default)]
 pub struct Copies {
