@@ -415,3 +415,47 @@ async fn a_follower_rides_through_a_node_stopping_and_returning() -> anyhow::Res
     client.close().await;
     cluster.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_time_is_exact_across_partition_boundaries() -> anyhow::Result<()> {
+    let (cluster, client) = cluster(3).await?;
+    // Three groups of records, every storage node starting a new partition between groups, so
+    // the answers for the first record of a group come from a partition boundary.
+    let mut appended = Vec::new();
+    for (g, tag) in ["p", "q", "r"].into_iter().enumerate() {
+        if g > 0 {
+            for id in cluster.storage_ids() {
+                let db = cluster.logsdb(id).expect("storage node runs");
+                tokio::task::block_in_place(|| db.roll_partition_blocking())?;
+            }
+        }
+        appended.extend(append_n(&client, LOG, tag, 15).await);
+    }
+    for id in cluster.storage_ids() {
+        let db = cluster.logsdb(id).expect("storage node runs");
+        let holding = db.directory(LOG).len();
+        assert!(
+            holding >= 2,
+            "node {id} holds the log in {holding} partitions"
+        );
+    }
+    let last = appended.last().unwrap().0;
+    let got = read_all(client.read(LOG, upto(last)).await?).await;
+    let stamped: Vec<(Lsn, u64)> = got
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Record(r) => Some((r.header.lsn, r.header.timestamp_ms)),
+            Delivery::Gap { .. } => None,
+        })
+        .collect();
+    assert_eq!(stamped.len(), appended.len());
+    for (i, (lsn, ts)) in stamped.iter().enumerate() {
+        let found = client.find_time(LOG, *ts, FindTimeAccuracy::Strict).await?;
+        match stamped.iter().rev().find(|(_, t)| t < ts) {
+            Some((older, _)) => assert_eq!(found, older.next(), "record {i} at {lsn}, time {ts}"),
+            None => assert!(found <= stamped[0].0, "record {i} at {lsn}: {found}"),
+        }
+    }
+    drop(client);
+    cluster.shutdown().await
+}
