@@ -10,3 +10,4 @@ cargo bench -q -p tally-benches --bench wire -- --test
 cargo run -q -p tally -- bench epochstore --quick --json "$out/epochstore.json"
 cargo run -q -p tally -- bench storage --quick --json "$out/storage.json"
 cargo run -q -p tally -- bench write --quick --json "$out/write.json"
+cargo run -q -p tally -- bench read --quick --json "$out/read.json"

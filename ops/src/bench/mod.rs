@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 
 mod epochstore;
+mod read;
 mod storage;
 mod write;
 
@@ -21,6 +22,9 @@ enum BenchCommand {
     /// The write path end to end: appends/s and ack latency at concurrency 1, 16, 256,
     /// durable and fast (an in-process dev cluster, or `--seed`).
     Write(write::WriteBenchArgs),
+    /// The read path end to end: backfill of ≥ 1 GiB (single copy and all-send-all) and
+    /// append-to-delivery latency of a tailing reader (an in-process dev cluster, or `--seed`).
+    Read(read::ReadBenchArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -28,5 +32,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Storage(a) => storage::run(a),
         BenchCommand::Epochstore(a) => epochstore::run(a),
         BenchCommand::Write(a) => write::run(a),
+        BenchCommand::Read(a) => read::run(a),
     }
 }

@@ -108,9 +108,9 @@ pub struct WriteBenchArgs {
     coalesce_max_records: Option<u32>,
 }
 
-const RECORD_BYTES: usize = 1024;
+pub(super) const RECORD_BYTES: usize = 1024;
 const DISTINCT_PAYLOADS: usize = 64;
-const STORAGE_NODES: u32 = 3;
+pub(super) const STORAGE_NODES: u32 = 3;
 const FIRST_DURABLE_LOG: u64 = 1001;
 const FIRST_FAST_LOG: u64 = 2001;
 /// Distinct error messages printed per case (all errors are counted).
@@ -195,14 +195,16 @@ pub fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
 }
 
 /// A dev cluster in this process (the `tally dev` machinery in a temporary directory).
-struct LocalCluster {
+pub(super) struct LocalCluster {
     nodes: Vec<node::RunningNode>,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
 impl LocalCluster {
-    async fn start(replication: u8) -> anyhow::Result<(LocalCluster, SocketAddr, PathBuf)> {
+    pub(super) async fn start(
+        replication: u8,
+    ) -> anyhow::Result<(LocalCluster, SocketAddr, PathBuf)> {
         anyhow::ensure!(u32::from(replication) <= STORAGE_NODES);
         let tmp = tempfile::Builder::new()
             .prefix("tally-bench-write-")
@@ -264,7 +266,7 @@ impl LocalCluster {
         sum
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         anyhow::ensure!(
             dev::stop(self.nodes).await,
@@ -450,7 +452,7 @@ async fn bench(
 }
 
 /// 64 distinct incompressible 1 KiB payloads.
-fn payloads() -> Vec<Vec<u8>> {
+pub(super) fn payloads() -> Vec<Vec<u8>> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     (0..DISTINCT_PAYLOADS)
         .map(|_| {
@@ -474,7 +476,7 @@ struct TaskResult {
     last_ack: Instant,
 }
 
-fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(super) fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 600_000_000, 3)?)
 }
 
@@ -598,7 +600,7 @@ async fn run_case(
 
 /// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, clock ticks of
 /// 1/100 s); `None` elsewhere.
-fn process_cpu_secs() -> Option<f64> {
+pub(super) fn process_cpu_secs() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start with field 3, the state;
     // utime and stime are fields 14 and 15.
@@ -611,7 +613,7 @@ fn process_cpu_secs() -> Option<f64> {
 
 /// Makes sure `logs` exist with durability `mode`: creates the missing ones through a
 /// sequencer node (`CreateLog`), checks the existing ones (`GetLogMetadata`).
-async fn ensure_logs(
+pub(super) async fn ensure_logs(
     seeds: &[String],
     certs: &std::path::Path,
     logs: &[LogId],
