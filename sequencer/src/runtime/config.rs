@@ -52,7 +52,7 @@ impl SequencerConfig {
             node,
             timing: SequencerTiming::default(),
             tick_interval: Duration::from_millis(100),
-            release_batch_interval: Duration::from_millis(5),
+            release_batch_interval: Duration::from_millis(1),
             release_timeout: Duration::from_secs(2),
             activation_timeout: Duration::from_secs(5),
             no_redirect_duration: Duration::from_secs(5),
