@@ -88,6 +88,33 @@ fn upto(until: Lsn) -> ReadOptions {
     ReadOptions::range(ReadFrom::Oldest, ReadUntil::Lsn(until))
 }
 
+/// `(LSN, timestamp)` of every record delivered.
+fn stamped(deliveries: &[Delivery]) -> Vec<(Lsn, u64)> {
+    deliveries
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Record(r) => Some((r.header.lsn, r.header.timestamp_ms)),
+            Delivery::Gap { .. } => None,
+        })
+        .collect()
+}
+
+/// A strict `find_time` at the timestamp of record `i` of `stamped` answers the LSN after the
+/// last record older than it (with none, at most the first record); returns the answer.
+async fn check_strict_find_time(
+    client: &Client,
+    stamped: &[(Lsn, u64)],
+    i: usize,
+) -> anyhow::Result<Lsn> {
+    let (lsn, ts) = stamped[i];
+    let found = client.find_time(LOG, ts, FindTimeAccuracy::Strict).await?;
+    match stamped.iter().rev().find(|(_, t)| *t < ts) {
+        Some((older, _)) => assert_eq!(found, older.next(), "record {i} at {lsn}, time {ts}"),
+        None => assert!(found <= stamped[0].0, "record {i} at {lsn}: {found}"),
+    }
+    Ok(found)
+}
+
 async fn cluster(storage: u32) -> anyhow::Result<(TestCluster, Client)> {
     let cluster = TestCluster::start(ClusterSpec::new(storage, 1)).await?;
     cluster.create_logs([LOG.0], 2).await?;
@@ -325,21 +352,10 @@ async fn find_time_and_data_size_follow_the_data() -> anyhow::Result<()> {
     let second = append_n(&client, LOG, "y", 10).await;
     let last = second.last().unwrap().0;
     let got = read_all(client.read(LOG, upto(last)).await?).await;
-    let stamped: Vec<(Lsn, u64)> = got
-        .iter()
-        .filter_map(|d| match d {
-            Delivery::Record(r) => Some((r.header.lsn, r.header.timestamp_ms)),
-            Delivery::Gap { .. } => None,
-        })
-        .collect();
+    let stamped = stamped(&got);
     assert_eq!(stamped.len(), first.len() + second.len());
-    for (i, (lsn, ts)) in stamped.iter().enumerate() {
-        // The LSN after the last record older than `ts`; with none, at most the first record.
-        let found = client.find_time(LOG, *ts, FindTimeAccuracy::Strict).await?;
-        match stamped.iter().rev().find(|(_, t)| t < ts) {
-            Some((older, _)) => assert_eq!(found, older.next(), "record {i} at {lsn}, time {ts}"),
-            None => assert!(found <= stamped[0].0, "record {i} at {lsn}: {found}"),
-        }
+    for (i, (_, ts)) in stamped.iter().enumerate() {
+        let found = check_strict_find_time(&client, &stamped, i).await?;
         let approx = client
             .find_time(LOG, *ts, FindTimeAccuracy::Approximate)
             .await?;
@@ -441,20 +457,10 @@ async fn find_time_is_exact_across_partition_boundaries() -> anyhow::Result<()> 
     }
     let last = appended.last().unwrap().0;
     let got = read_all(client.read(LOG, upto(last)).await?).await;
-    let stamped: Vec<(Lsn, u64)> = got
-        .iter()
-        .filter_map(|d| match d {
-            Delivery::Record(r) => Some((r.header.lsn, r.header.timestamp_ms)),
-            Delivery::Gap { .. } => None,
-        })
-        .collect();
+    let stamped = stamped(&got);
     assert_eq!(stamped.len(), appended.len());
-    for (i, (lsn, ts)) in stamped.iter().enumerate() {
-        let found = client.find_time(LOG, *ts, FindTimeAccuracy::Strict).await?;
-        match stamped.iter().rev().find(|(_, t)| t < ts) {
-            Some((older, _)) => assert_eq!(found, older.next(), "record {i} at {lsn}, time {ts}"),
-            None => assert!(found <= stamped[0].0, "record {i} at {lsn}: {found}"),
-        }
+    for i in 0..stamped.len() {
+        check_strict_find_time(&client, &stamped, i).await?;
     }
     drop(client);
     cluster.shutdown().await

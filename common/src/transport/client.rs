@@ -298,14 +298,7 @@ impl<P: Protocol> ClientStream<P> {
 
     /// Sends a control message (e.g. a window update) to the server.
     pub async fn control(&mut self, msg: &P::Request) -> Result<(), TransportError> {
-        write_frame(
-            &mut self.send,
-            msg,
-            FrameKind::Control,
-            0,
-            self.limits.max_frame_bytes,
-        )
-        .await
+        send_control::<P>(&mut self.send, msg, &self.limits).await
     }
 
     /// Ends the stream from this side.
@@ -331,6 +324,14 @@ impl<P: Protocol> ClientStream<P> {
             },
         )
     }
+}
+
+async fn send_control<P: Protocol>(
+    send: &mut quinn::SendStream,
+    msg: &P::Request,
+    limits: &Limits,
+) -> Result<(), TransportError> {
+    write_frame(send, msg, FrameKind::Control, 0, limits.max_frame_bytes).await
 }
 
 async fn next_push<P: Protocol>(
@@ -359,14 +360,7 @@ pub struct ControlSink<P: Protocol> {
 impl<P: Protocol> ControlSink<P> {
     /// Sends a control message (e.g. a window update) to the server.
     pub async fn control(&mut self, msg: &P::Request) -> Result<(), TransportError> {
-        write_frame(
-            &mut self.send,
-            msg,
-            FrameKind::Control,
-            0,
-            self.limits.max_frame_bytes,
-        )
-        .await
+        send_control::<P>(&mut self.send, msg, &self.limits).await
     }
 
     /// Finishes this side of the stream (no more controls).
