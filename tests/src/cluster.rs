@@ -246,11 +246,11 @@ impl TestCluster {
     }
 
     /// Creates the first log (from 1) that sequencer `owner` owns by placement, as its
-    /// membership view sees it, with `attributes`.
+    /// membership view sees it, with replication `replication` (other attributes default).
     pub async fn create_log_owned_by(
         &self,
         owner: NodeId,
-        attributes: LogAttributes,
+        replication: u8,
     ) -> anyhow::Result<LogId> {
         let seq = self
             .sequencer(owner)
@@ -260,6 +260,10 @@ impl TestCluster {
             .map(LogId)
             .find(|l| view.owner(*l) == Some(owner))
             .with_context(|| format!("no log below 1000 is owned by {owner}"))?;
+        let attributes = LogAttributes {
+            replication,
+            ..LogAttributes::default()
+        };
         self.create_log(log, attributes).await?;
         Ok(log)
     }

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tally::node::NodeSpec;
-use tally_common::meta::LogAttributes;
 use tally_common::transport::{ClientProtocol, Connector, TlsIdentity};
 use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
 use tally_common::wire::{StoreBatch, StoreRecord, StoreStatus};
@@ -58,18 +57,6 @@ async fn start() -> TestCluster {
     })
     .await
     .expect("cluster starts")
-}
-
-/// Creates the first log (from 1) that sequencer `owner` owns by placement, replication R.
-async fn create_log_owned_by(cluster: &TestCluster, owner: NodeId) -> LogId {
-    let attributes = LogAttributes {
-        replication: R,
-        ..LogAttributes::default()
-    };
-    cluster
-        .create_log_owned_by(owner, attributes)
-        .await
-        .expect("log created")
 }
 
 fn addr(cluster: &TestCluster, id: NodeId) -> SocketAddr {
@@ -207,7 +194,10 @@ async fn wait_recovered(seq: &SequencerNode, log: LogId) {
 /// A owns `log` and ran epoch 1 (one append stored and reported); B took it over with
 /// `no_redirect` in epoch 2 and recovered epoch 1 (sealing it). A still runs epoch 1.
 async fn zombie_a(cluster: &TestCluster, raw: &Raw) -> LogId {
-    let log = create_log_owned_by(cluster, A).await;
+    let log = cluster
+        .create_log_owned_by(A, R)
+        .await
+        .expect("log created");
     let g1 = raw.grant(addr(cluster, A), log, false).await;
     assert_eq!(g1.first.epoch(), Epoch(1));
     raw.append(cluster, &g1).await;

@@ -66,18 +66,6 @@ async fn start(storage: u32, sequencers: u32, tweak: fn(&mut NodeSpec)) -> TestC
     .expect("cluster starts")
 }
 
-/// Creates the first log (from 1) that sequencer `owner` owns by placement, replication R.
-async fn create_log_owned_by(cluster: &TestCluster, owner: NodeId) -> LogId {
-    let attributes = LogAttributes {
-        replication: R,
-        ..LogAttributes::default()
-    };
-    cluster
-        .create_log_owned_by(owner, attributes)
-        .await
-        .expect("log created")
-}
-
 fn addr(cluster: &TestCluster, id: NodeId) -> SocketAddr {
     cluster.addr(id).expect("node runs")
 }
@@ -396,7 +384,7 @@ async fn assert_epoch_one_recovered(
 async fn acked_records_are_released_after_a_failover() -> anyhow::Result<()> {
     let mut cluster = start(3, 2, quick_recovery).await;
     let (a, b) = (NodeId(1), NodeId(2));
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let acked = acked_with_unreported_tail(&cluster, &raw, a, log, 10, 3).await;
 
@@ -422,7 +410,7 @@ async fn acked_records_are_released_after_a_failover() -> anyhow::Result<()> {
 async fn a_restarted_sequencer_recovers_its_previous_epoch() -> anyhow::Result<()> {
     let mut cluster = start(3, 1, quick_recovery).await;
     let a = NodeId(1);
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let acked = acked_with_unreported_tail(&cluster, &raw, a, log, 5, 2).await;
 
@@ -457,7 +445,7 @@ async fn a_restarted_sequencer_recovers_its_previous_epoch() -> anyhow::Result<(
 async fn unstored_grants_become_hole_plugs_and_the_epoch_is_bridged() -> anyhow::Result<()> {
     let mut cluster = start(3, 2, quick_recovery).await;
     let (a, b) = (NodeId(1), NodeId(2));
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let s = cluster.storage_ids();
 
@@ -532,7 +520,7 @@ async fn unstored_grants_become_hole_plugs_and_the_epoch_is_bridged() -> anyhow:
 async fn a_stale_sequencer_gets_no_store_acknowledged_after_the_seal() -> anyhow::Result<()> {
     let cluster = start(3, 2, quick_recovery).await;
     let (a, b) = (NodeId(1), NodeId(2));
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let s = cluster.storage_ids();
 
@@ -583,7 +571,7 @@ async fn a_stale_sequencer_gets_no_store_acknowledged_after_the_seal() -> anyhow
 async fn recovery_that_meets_a_higher_seal_steps_down() -> anyhow::Result<()> {
     let mut cluster = start(3, 1, quick_recovery).await;
     let a = NodeId(1);
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let s = cluster.storage_ids();
     let g = raw.grant(addr(&cluster, a), log, 1, false).await;
@@ -644,7 +632,7 @@ async fn recovery_that_meets_a_higher_seal_steps_down() -> anyhow::Result<()> {
 async fn recovery_restarts_until_enough_storage_nodes_are_back() -> anyhow::Result<()> {
     let mut cluster = start(3, 1, restarting_recovery).await;
     let a = NodeId(1);
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let s = cluster.storage_ids();
     let g = raw.grant(addr(&cluster, a), log, 2, false).await;
@@ -684,7 +672,7 @@ async fn recovery_restarts_until_enough_storage_nodes_are_back() -> anyhow::Resu
 async fn every_unclean_epoch_is_recovered_oldest_first() -> anyhow::Result<()> {
     let mut cluster = start(3, 2, quick_recovery).await;
     let (a, b) = (NodeId(1), NodeId(2));
-    let log = create_log_owned_by(&cluster, a).await;
+    let log = cluster.create_log_owned_by(a, R).await?;
     let raw = Raw::new(&cluster);
     let s = cluster.storage_ids();
     let g = raw.grant(addr(&cluster, a), log, 3, false).await;

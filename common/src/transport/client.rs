@@ -111,64 +111,52 @@ impl<P: Protocol> Connector<P> {
         // acknowledges the request's packets within milliseconds even if it answers late.
         // (Datagrams are no signal: a restarted peer answers a dead connection's packets with
         // stateless resets the connection cannot verify, and those count as received.)
-        let used: std::sync::Mutex<Option<(quinn::Connection, u64)>> = Default::default();
+        let mut used: Option<(quinn::Connection, u64)> = None;
         let exchange = async {
             let (conn, mut send, mut recv) = self.open_bi(addr, deadline).await?;
             let rx = conn.stats().frame_rx.acks;
-            *used.lock().unwrap_or_else(|e| e.into_inner()) = Some((conn, rx));
-            match write_encoded(&mut send, &header, &body).await {
-                Ok(()) => {
-                    let _ = send.finish();
+            used = Some((conn.clone(), rx));
+            let answer = async {
+                match write_encoded(&mut send, &header, &body).await {
+                    Ok(()) => {
+                        let _ = send.finish();
+                    }
+                    // The peer refused the frame and stopped our sending; its reason follows.
+                    Err(quinn::WriteError::Stopped(_)) => {}
+                    Err(e) => return Err(TransportError::ConnectionLost(e.to_string())),
                 }
-                // The peer refused the frame and stopped our sending; its reason follows.
-                Err(quinn::WriteError::Stopped(_)) => {}
-                Err(e) => return Err(TransportError::ConnectionLost(e.to_string())),
-            }
-            match read_frame(&mut recv, max_frame).await {
-                Ok(Some(frame))
-                    if matches!(frame.header.kind, FrameKind::Response | FrameKind::Error) =>
-                {
-                    frame.decode::<P::Response>(&self.config.limits)
+                match read_frame(&mut recv, max_frame).await {
+                    Ok(Some(frame))
+                        if matches!(frame.header.kind, FrameKind::Response | FrameKind::Error) =>
+                    {
+                        frame.decode::<P::Response>(&self.config.limits)
+                    }
+                    Ok(Some(frame)) => Err(TransportError::UnexpectedFrame(frame.header.kind)),
+                    Ok(None) => Err(TransportError::NoAnswer),
+                    Err(ReadFrameError::Refused(e)) => Err(TransportError::Frame(e)),
+                    Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
                 }
-                Ok(Some(frame)) => Err(TransportError::UnexpectedFrame(frame.header.kind)),
-                Ok(None) => Err(TransportError::NoAnswer),
-                Err(ReadFrameError::Refused(e)) => Err(TransportError::Frame(e)),
-                Err(ReadFrameError::Io(e)) => Err(TransportError::ConnectionLost(e)),
-            }
-        };
-        // Checked once, `silent_after` after the request went out: any ACK by then proves the
-        // peer alive (later silence is normal while it works on the answer).
-        let watch = async {
+            };
             let Some(after) = silent_after else {
-                return std::future::pending().await;
+                return answer.await;
             };
-            let sent = loop {
-                if let Some(sent) = used.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                    break sent;
-                }
-                // Still connecting: the connect timeout bounds that part.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            };
-            tokio::time::sleep(after).await;
-            let (conn, rx) = sent;
-            if conn.stats().frame_rx.acks == rx {
-                self.retire_if_silent(addr, &conn, rx);
-                return TransportError::PeerSilent(after);
-            }
-            std::future::pending().await
-        };
-        let exchange = async {
+            // Checked once, `silent_after` after the request went out: any ACK by then proves
+            // the peer alive (later silence is normal while it works on the answer).
+            tokio::pin!(answer);
             tokio::select! {
-                result = exchange => result,
-                silent = watch => Err(silent),
+                result = &mut answer => return result,
+                () = tokio::time::sleep(after) => {}
             }
+            if self.retire_if_silent(addr, &conn, rx) {
+                return Err(TransportError::PeerSilent(after));
+            }
+            answer.await
         };
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
             Err(_) => {
-                let used = used.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some((conn, rx)) = used {
-                    self.retire_if_silent(addr, &conn, rx);
+                if let Some((conn, rx)) = &used {
+                    self.retire_if_silent(addr, conn, *rx);
                 }
                 Err(TransportError::Timeout(timeout))
             }
@@ -179,12 +167,14 @@ impl<P: Protocol> Connector<P> {
     /// a peer that does not even acknowledge a request is dead, frozen or cut off, and a
     /// restarted one would never answer on the old connection. Later calls connect afresh
     /// (and fail fast if the peer is still gone) instead of waiting on it until idle timeout.
-    fn retire_if_silent(&self, addr: SocketAddr, conn: &quinn::Connection, rx_before: u64) {
+    /// Returns whether it closed the connection.
+    fn retire_if_silent(&self, addr: SocketAddr, conn: &quinn::Connection, rx_before: u64) -> bool {
         if conn.stats().frame_rx.acks != rx_before {
-            return;
+            return false;
         }
-        tracing::debug!(%addr, "peer silent for a whole request: closing the connection");
+        tracing::debug!(%addr, "peer silent: closing the connection");
         conn.close(codes::PEER_SILENT, b"peer silent");
+        true
     }
 
     /// Opens a server-push stream with `req`. `timeout` bounds connecting and sending the

@@ -45,12 +45,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::write::{
-    LocalCluster, RECORD_BYTES, STORAGE_NODES, ensure_logs, latency_histogram, payloads,
-    process_cpu_secs,
+    RECORD_BYTES, ensure_logs, latency_histogram, payloads, process_cpu_secs, target_cluster,
 };
 use crate::cli::log::DurabilityArg;
 use crate::cli::read::gap_name;
-use crate::dev;
 
 #[derive(Debug, Args)]
 pub struct ReadBenchArgs {
@@ -208,22 +206,8 @@ pub fn run(args: ReadBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: ReadBenchArgs) -> anyhow::Result<()> {
-    let (local, seeds, certs, target) = if args.seed.is_empty() {
-        eprintln!(
-            "starting a dev cluster in this process (1 sequencer + {STORAGE_NODES} storage nodes)"
-        );
-        let (local, seed, certs) = LocalCluster::start(args.replication).await?;
-        (
-            Some(local),
-            vec![seed.to_string()],
-            certs,
-            format!("in-process dev cluster (1 sequencer + {STORAGE_NODES} storage nodes)"),
-        )
-    } else {
-        let certs = args.certs.clone().unwrap_or_else(dev::default_certs_dir);
-        let target = format!("cluster at {}", args.seed.join(","));
-        (None, args.seed.clone(), certs, target)
-    };
+    let (local, seeds, certs, target) =
+        target_cluster(&args.seed, args.certs.as_deref(), args.replication).await?;
     let result = bench(&args, &seeds, &certs, target).await;
     if let Some(local) = local {
         local.stop().await?;

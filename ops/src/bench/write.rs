@@ -194,6 +194,33 @@ pub fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
     runtime.block_on(run_async(args))
 }
 
+/// The cluster a benchmark measures: the one at `seed` (certificates in `certs`, default the
+/// dev directory's), or, with no seed, a dev cluster started in this process (stop it with
+/// [`LocalCluster::stop`]). Returns it, the client seeds, the certificates directory and a
+/// description for the report.
+pub(super) async fn target_cluster(
+    seed: &[String],
+    certs: Option<&std::path::Path>,
+    replication: u8,
+) -> anyhow::Result<(Option<LocalCluster>, Vec<String>, PathBuf, String)> {
+    if seed.is_empty() {
+        eprintln!(
+            "starting a dev cluster in this process (1 sequencer + {STORAGE_NODES} storage nodes)"
+        );
+        let (local, seed, certs) = LocalCluster::start(replication).await?;
+        Ok((
+            Some(local),
+            vec![seed.to_string()],
+            certs,
+            format!("in-process dev cluster (1 sequencer + {STORAGE_NODES} storage nodes)"),
+        ))
+    } else {
+        let certs = certs.map_or_else(dev::default_certs_dir, |c| c.to_owned());
+        let target = format!("cluster at {}", seed.join(","));
+        Ok((None, seed.to_vec(), certs, target))
+    }
+}
+
 /// A dev cluster in this process (the `tally dev` machinery in a temporary directory).
 pub(super) struct LocalCluster {
     nodes: Vec<node::RunningNode>,
@@ -285,22 +312,8 @@ async fn run_async(args: WriteBenchArgs) -> anyhow::Result<()> {
         Duration::from_secs(1)
     };
 
-    let (local, seeds, certs, target) = if args.seed.is_empty() {
-        eprintln!(
-            "starting a dev cluster in this process (1 sequencer + {STORAGE_NODES} storage nodes)"
-        );
-        let (local, seed, certs) = LocalCluster::start(args.replication).await?;
-        (
-            Some(local),
-            vec![seed.to_string()],
-            certs,
-            format!("in-process dev cluster (1 sequencer + {STORAGE_NODES} storage nodes)"),
-        )
-    } else {
-        let certs = args.certs.clone().unwrap_or_else(dev::default_certs_dir);
-        let target = format!("cluster at {}", args.seed.join(","));
-        (None, args.seed.clone(), certs, target)
-    };
+    let (local, seeds, certs, target) =
+        target_cluster(&args.seed, args.certs.as_deref(), args.replication).await?;
 
     let result = bench(&args, &seeds, &certs, local.as_ref(), duration, warmup).await;
     if let Some(local) = local {

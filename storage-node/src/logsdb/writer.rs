@@ -273,11 +273,10 @@ impl Writer {
         batch: &mut Batch,
         records: Vec<PreparedRecord>,
     ) -> Result<(), LogsDbError> {
-        // All or nothing: a batch with one preempted record stores none.
-        for r in &records {
-            if self.shared.config.unsafe_controls.ignore_seals {
-                break;
-            }
+        // All or nothing: a batch with one preempted record stores none. (The negative control
+        // `ignore_seals` skips the check.)
+        let check_seals = !self.shared.config.unsafe_controls.ignore_seals;
+        for r in records.iter().filter(|_| check_seals) {
             if let Some(meta) = self.logs.get(&r.header.log)
                 && let Some(seal) = preemption(meta, &r.header)
             {

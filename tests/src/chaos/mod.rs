@@ -294,6 +294,10 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         let kind = inject(&mut procs, &mut rng, &logs, &config, &mut active)
             .await
             .context("inject a fault")?;
+        if kind.0 == NO_FAULT {
+            tracing::info!(detail = %kind.2, "no fault this step");
+            continue;
+        }
         tracing::info!(kind = kind.0, logs = ?kind.1, detail = %kind.2, "fault injected");
         *faults.entry(kind.0.to_owned()).or_default() += 1;
         events.push(FaultEvent {
@@ -496,6 +500,9 @@ fn owner(procs: &Procs, log: LogId) -> Option<NodeId> {
     placement::owner(log.0, &live)
 }
 
+/// What [`inject`] returns when the chosen fault has no target (not counted as a fault).
+const NO_FAULT: &str = "none";
+
 /// Injects one fault; returns its kind and the logs whose sequencer it hit.
 async fn inject(
     procs: &mut Procs,
@@ -530,7 +537,7 @@ async fn inject(
         "kill_sequencer" | "pause_sequencer" => {
             let log = *logs.choose(rng).expect("logs");
             let Some(victim) = owner(procs, log) else {
-                return Ok(("none", Vec::new(), "no live sequencer".into()));
+                return Ok((NO_FAULT, Vec::new(), "no live sequencer to hit".into()));
             };
             let owned: Vec<LogId> = logs
                 .iter()
