@@ -5,7 +5,10 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in clang libclang-dev protobuf-compiler etcd-server etcd-client; do
+# fio, fonts-dejavu-core and python3-venv: the peer comparison (benches/compare: disk limits,
+# plot text, the NATS server's virtual environment). chromium: the status-page test renders
+# the admin port's page headless (fonts-dejavu-core gives it its text).
+for pkg in clang libclang-dev protobuf-compiler etcd-server etcd-client fio fonts-dejavu-core python3-venv chromium; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 
@@ -25,7 +28,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-for tool in etcd etcdctl protoc clang; do
+for tool in etcd etcdctl protoc clang fio python3 chromium; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
 done
 echo "setup: done"

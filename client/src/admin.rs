@@ -21,6 +21,11 @@
 //!   record (hole plugs, bridges and trimmed ranges are not records).
 //! - [`Client::data_size`]: `DataSize` to every node; the sum of copies' bytes divided by the
 //!   replication factor, scaled up for nodes that did not answer ([`estimate_data_size`]).
+//! - [`Client::scan_estimate`]: `ScanEstimate` to every node of every node set: what a read of
+//!   an LSN range would scan on each (partitions, bytes), from partition directories only.
+//! - [`Client::list_logs`], [`Client::update_log`]: `ListLogs` / `UpdateLog` to the storage
+//!   nodes of the cluster view (they serve the epoch store's log records), the first that
+//!   answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -43,25 +48,44 @@ use crate::read::{Delivery, ReadFrom, ReadOptions, ReadUntil};
 pub enum AdminError {
     /// The log does not exist.
     #[error("log {log} does not exist")]
-    LogNotFound { log: LogId },
+    LogNotFound {
+        /// The log asked for.
+        log: LogId,
+    },
     /// Too few nodes answered for the answer to be trusted (or applied where it must be).
     /// `failed` says which nodes did not answer and why.
     #[error("{what}: too few nodes of {log} answered ({}; need an f-majority of each node set)", failures(.failed))]
     NotEnoughNodes {
+        /// The log.
         log: LogId,
+        /// The call (`trim`, `find_time`, ...).
         what: &'static str,
+        /// Each node that failed, with its error.
         failed: Vec<(NodeId, String)>,
     },
     /// `trim` was asked to trim past the log's tail (that would trim records not yet written).
     #[error("cannot trim {log} up to {upto}: its tail is {tail}")]
-    TrimPastTail { log: LogId, upto: Lsn, tail: Lsn },
+    TrimPastTail {
+        /// The log.
+        log: LogId,
+        /// The LSN asked for.
+        upto: Lsn,
+        /// The log's tail (release point).
+        tail: Lsn,
+    },
     /// No node (or no sequencer, for the tail) answered in time; retry later.
     #[error("unavailable: {reason}")]
-    Unavailable { reason: String },
+    Unavailable {
+        /// What could not be reached.
+        reason: String,
+    },
     /// A node answered something that makes no sense for the request, or refused it as
     /// malformed. Retrying will not help.
     #[error("unexpected answer: {reason}")]
-    Unexpected { reason: String },
+    Unexpected {
+        /// What was answered.
+        reason: String,
+    },
     /// The client is shut down.
     #[error("the client is shut down")]
     Shutdown,
@@ -235,6 +259,140 @@ impl Client {
             failed,
         })
     }
+}
+
+/// What a read of a range would scan, node by node ([`Client::scan_estimate`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanEstimate {
+    /// Per answering node: partitions overlapping the range, and their bytes (copies).
+    pub nodes: Vec<(NodeId, u32, u64)>,
+    /// Nodes of the log's node sets that did not answer, and why.
+    pub failed: Vec<(NodeId, String)>,
+}
+
+impl ScanEstimate {
+    /// Partitions scanned, summed over the answering nodes.
+    pub fn partitions(&self) -> u64 {
+        self.nodes.iter().map(|(_, p, _)| u64::from(*p)).sum()
+    }
+
+    /// Bytes scanned (every copy), summed over the answering nodes.
+    pub fn bytes(&self) -> u64 {
+        self.nodes
+            .iter()
+            .fold(0u64, |sum, (_, _, b)| sum.saturating_add(*b))
+    }
+}
+
+impl Client {
+    /// What a read of `from ..= until` of `log` scans on each node of its node sets, from
+    /// their partition directories (no record is read). Nodes that do not answer are listed
+    /// in [`ScanEstimate::failed`]; fails only when the log does not exist or its metadata
+    /// cannot be fetched.
+    pub async fn scan_estimate(
+        &self,
+        log: LogId,
+        from: Lsn,
+        until: Lsn,
+    ) -> Result<ScanEstimate, AdminError> {
+        let shared = self.shared();
+        let meta = fetch_metadata(shared, log).await?;
+        if from > until {
+            return Ok(ScanEstimate::default());
+        }
+        let req = ClientRequest::ScanEstimate { log, from, until };
+        let mut estimate = ScanEstimate::default();
+        for (node, answer) in ask_all(shared, &meta, req).await {
+            match answer {
+                Ok(ClientResponse::ScanEstimate { partitions, bytes }) => {
+                    estimate.nodes.push((node, partitions, bytes));
+                }
+                Ok(other) => estimate.failed.push((node, format!("answered {other:?}"))),
+                Err(e) => estimate.failed.push((node, e)),
+            }
+        }
+        Ok(estimate)
+    }
+
+    /// Every log with its epoch-store record, in log order.
+    pub async fn list_logs(&self) -> Result<Vec<(LogId, LogMetadata)>, AdminError> {
+        match ask_storage(self.shared(), &ClientRequest::ListLogs).await? {
+            ClientResponse::Logs(logs) => {
+                Ok(logs.into_iter().map(|l| (l.log, l.metadata)).collect())
+            }
+            other => Err(AdminError::Unexpected {
+                reason: format!("ListLogs answered {other:?}"),
+            }),
+        }
+    }
+
+    /// Replaces `log`'s attributes (they apply from its next activation); returns the new
+    /// record. Invalid attributes are refused before anything is sent.
+    pub async fn update_log(
+        &self,
+        log: LogId,
+        attributes: tally_common::meta::LogAttributes,
+    ) -> Result<LogMetadata, AdminError> {
+        attributes.validate().map_err(|e| AdminError::Unexpected {
+            reason: format!("invalid attributes for {log}: {e}"),
+        })?;
+        let req = ClientRequest::UpdateLog { log, attributes };
+        match ask_storage(self.shared(), &req).await {
+            Ok(ClientResponse::LogUpdated(meta)) => Ok(meta),
+            Ok(other) => Err(AdminError::Unexpected {
+                reason: format!("UpdateLog answered {other:?}"),
+            }),
+            Err(AdminError::Unexpected { reason }) if reason.starts_with("NotFound") => {
+                Err(AdminError::LogNotFound { log })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `req` to the storage nodes of the cluster view, one at a time, until one answers: its
+/// answer. A remote error is final (`Unexpected`, its code first: `NotFound: …`) unless it
+/// is retryable, then the next node is asked.
+async fn ask_storage(
+    shared: &Arc<Shared>,
+    req: &ClientRequest,
+) -> Result<ClientResponse, AdminError> {
+    let mut last = String::from("the cluster view has no storage node");
+    for round in 0..2 {
+        if shared.shutdown.is_cancelled() {
+            return Err(AdminError::Shutdown);
+        }
+        if round > 0
+            && let Err(e) = shared.cluster.refresh().await
+        {
+            last = e.to_string();
+        }
+        let nodes: Vec<NodeId> = shared
+            .cluster
+            .current()
+            .nodes()
+            .iter()
+            .filter(|n| n.roles.storage)
+            .map(|n| n.id)
+            .collect();
+        for node in nodes {
+            match call(shared, node, req, shared.config.request_timeout).await {
+                Ok(ClientResponse::Error(e)) | Err(CallError::Remote(e)) => {
+                    if !e.code.is_retryable() {
+                        return Err(AdminError::Unexpected {
+                            reason: format!("{:?}: {}", e.code, e.message),
+                        });
+                    }
+                    last = format!("{node}: {e}");
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) => last = format!("{node}: {e}"),
+            }
+        }
+    }
+    Err(AdminError::Unavailable {
+        reason: format!("no storage node answered (last: {last})"),
+    })
 }
 
 /// Whether the nodes in `ok` include an authoritative f-majority of every node set of

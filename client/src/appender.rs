@@ -78,18 +78,29 @@ impl AppendPolicy {
 pub enum Event {
     /// `node` answered the STORE of `wave`.
     StoreReply {
+        /// The node that answered.
         node: NodeId,
+        /// The wave the STORE belonged to.
         wave: u32,
+        /// What the node said.
         status: StoreStatus,
     },
     /// The STORE of `wave` to `node` got no answer within its `timeout`. It may still have
     /// been applied.
-    StoreTimedOut { node: NodeId, wave: u32 },
+    StoreTimedOut {
+        /// The node that did not answer.
+        node: NodeId,
+        /// The wave the STORE belonged to.
+        wave: u32,
+    },
     /// The transport failed to deliver the STORE or its answer; `may_have_been_applied` is
     /// false only when the request certainly never reached the node.
     TransportFailed {
+        /// The node the STORE was for.
         node: NodeId,
+        /// The wave the STORE belonged to.
         wave: u32,
+        /// Whether the node may have applied the STORE anyway.
         may_have_been_applied: bool,
     },
     /// Time passed. The driver delivers this at [`Appender::deadline`] so the append ends
@@ -103,15 +114,21 @@ pub enum Action {
     /// Send `batch` to `node` with this deadline, then report the answer, the timeout or the
     /// transport failure as an [`Event`] for wave `batch.wave_or_seal`.
     SendStore {
+        /// The copyset member to store on.
         node: NodeId,
+        /// The records (or payload-less amendments) of this wave.
         batch: StoreBatch,
+        /// How long to wait for the answer.
         timeout: Duration,
     },
     /// The records are stored on every member of `copyset` in `wave`: ack the application and
     /// report `ReportStored` to the sequencer. Final.
     Completed {
+        /// The batch's LSNs.
         lsns: RangeInclusive<Lsn>,
+        /// The nodes that hold every record of the batch.
         copyset: Copyset,
+        /// The wave that completed.
         wave: u32,
     },
     /// The append failed. Final.
@@ -608,6 +625,7 @@ impl Appender {
             .map_or(self.deadline, |at| at.min(self.deadline))
     }
 
+    /// The LSNs of the granted batch this appender writes.
     pub fn lsns(&self) -> RangeInclusive<Lsn> {
         self.lsns.clone()
     }

@@ -99,17 +99,24 @@ impl BufferedConfig {
 /// Why a batch was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushReason {
+    /// It held `max_batch_records` records.
     Count,
+    /// The next record would have taken it past `max_batch_bytes`.
     Bytes,
+    /// `max_delay` passed since its first record arrived.
     Time,
+    /// The application asked ([`BufferedWriter::flush`], or the writer is closing).
     Explicit,
 }
 
 /// A batch ready to send: payloads in arrival order, each with its caller's `T`.
 #[derive(Debug)]
 pub struct Batch<T> {
+    /// The records, in arrival order.
     pub payloads: Vec<Vec<u8>>,
+    /// One per payload, in the same order: who waits for each record's outcome.
     pub waiters: Vec<T>,
+    /// Which trigger sent the batch.
     pub reason: FlushReason,
 }
 
@@ -125,6 +132,7 @@ pub struct Batcher<T> {
 }
 
 impl<T> Batcher<T> {
+    /// An empty batcher with `config`'s triggers (validated by the caller).
     pub fn new(config: BufferedConfig) -> Batcher<T> {
         Batcher {
             config,
@@ -181,10 +189,12 @@ impl<T> Batcher<T> {
         })
     }
 
+    /// Records in the current batch.
     pub fn len(&self) -> usize {
         self.payloads.len()
     }
 
+    /// Whether the current batch holds no record.
     pub fn is_empty(&self) -> bool {
         self.payloads.is_empty()
     }
@@ -225,6 +235,7 @@ impl BufferedWriter {
         writer
     }
 
+    /// The log this writer appends to.
     pub fn log(&self) -> LogId {
         self.log
     }

@@ -30,12 +30,16 @@ use crate::graylist::Graylist;
 /// Why [`Client::connect`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The configuration is invalid (the field is named).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The CA or client certificate files are missing or unreadable.
     #[error("cannot load the client certificate: {0}")]
     Tls(#[from] TlsError),
+    /// The local QUIC endpoint could not be opened.
     #[error("cannot open the QUIC endpoint: {0}")]
     Transport(#[from] TransportError),
+    /// No seed answered with the cluster state.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
@@ -183,6 +187,7 @@ impl Client {
         self.shared.cluster.refresh().await
     }
 
+    /// The configuration the client was connected with.
     pub fn config(&self) -> &ClientConfig {
         &self.shared.config
     }

@@ -39,10 +39,12 @@ impl ClusterState {
         }
     }
 
+    /// The membership version this state was taken at (higher is newer).
     pub fn version(&self) -> u64 {
         self.version
     }
 
+    /// Node `id`, if it is a member.
     pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
         self.nodes.get(&id)
     }
@@ -52,10 +54,12 @@ impl ClusterState {
         self.nodes.values().cloned().collect()
     }
 
+    /// Number of member nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether no node is a member.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
@@ -84,8 +88,14 @@ impl ClusterState {
 /// The cluster state could not be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
+    /// No node answered `GetClusterState`.
     #[error("no node answered GetClusterState ({tried} tried; last error: {last})")]
-    Unreachable { tried: usize, last: String },
+    Unreachable {
+        /// Nodes asked.
+        tried: usize,
+        /// The last node's error.
+        last: String,
+    },
 }
 
 /// The current cluster state and how to fetch a newer one.
@@ -119,6 +129,7 @@ impl ClusterView {
         Ok(view)
     }
 
+    /// The latest cluster state fetched.
     pub fn current(&self) -> Arc<ClusterState> {
         self.state.borrow().clone()
     }

@@ -22,7 +22,9 @@ pub struct ClientConfig {
     pub seeds: Vec<String>,
     /// Directory with `ca.pem` and the client certificate `<cert_name>.pem` / `.key`.
     pub certs_dir: PathBuf,
+    /// Base name of the client certificate and key files (default `client`).
     pub cert_name: String,
+    /// QUIC settings and the limits (payload, batch, frame) appends obey.
     pub transport: TransportConfig,
     /// Store timeouts (exponential per wave), the whole append's timeout, failure domains.
     /// The append timeout covers everything from the call to its outcome, sequencing included.
@@ -30,6 +32,7 @@ pub struct ClientConfig {
     /// With `append.domain_scope` unset: spread copies over racks (`DomainScope::RACK`) as
     /// soon as some node of the node set has a location, and over nodes only otherwise.
     pub auto_domain_scope: bool,
+    /// How long slow, overloaded, full, disabled or unreachable nodes are avoided.
     pub graylist: GraylistConfig,
     /// Deadline of one metadata or `Sequence` call (also capped by the append's deadline).
     pub request_timeout: Duration,
@@ -38,6 +41,7 @@ pub struct ClientConfig {
     pub cluster_refresh_interval: Duration,
     /// First wait after `SeqNoBufs` or a retryable sequencer error; doubles up to the maximum.
     pub sequencer_backoff_initial: Duration,
+    /// Upper bound of that wait.
     pub sequencer_backoff_max: Duration,
     /// Most redirects one `Sequence` attempt follows before asking the next node in rank order
     /// with `no_redirect` (breaks loops between nodes whose views disagree).
@@ -223,8 +227,14 @@ impl ClientConfig {
 /// A configuration value out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `field` is out of range for `reason`.
     #[error("client config: {field} {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// The field, as `ClientConfig`'s path names it (`append.append_timeout`).
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
 }
 
 #[cfg(test)]

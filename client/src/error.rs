@@ -13,13 +13,19 @@ pub enum AppendError {
     /// A payload is over `Limits::max_payload_bytes`. Nothing was sent.
     #[error("payload {index} is {size} bytes, the limit is {max}")]
     PayloadTooLarge {
+        /// Position of the payload in the batch.
         index: usize,
+        /// Its size in bytes.
         size: usize,
+        /// The limit in bytes.
         max: usize,
     },
     /// The batch breaks a batch limit or does not match its grant. Nothing was sent.
     #[error("invalid append batch: {reason}")]
-    InvalidBatch { reason: String },
+    InvalidBatch {
+        /// Which limit or mismatch.
+        reason: String,
+    },
     /// No copyset can be formed from the grant's node set. Nothing was sent.
     #[error("cannot place copies: {0}")]
     Placement(#[from] PlacementError),
@@ -30,28 +36,45 @@ pub enum AppendError {
     /// A storage node found a payload not matching its checksum: the client's own copy is bad,
     /// so retrying would fail the same way. No copy can exist (else this is `Indeterminate`).
     #[error("node {node} found a checksum mismatch at {lsn}; the client's payload is corrupt")]
-    ChecksumMismatch { node: NodeId, lsn: Lsn },
+    ChecksumMismatch {
+        /// The node that found it.
+        node: NodeId,
+        /// The record's LSN.
+        lsn: Lsn,
+    },
     /// The epoch was sealed at `seal` by a newer sequencer before the append completed. When
     /// `may_be_stored`, some copy may exist and the caller must settle the outcome by reading
     /// the LSN after recovery (DESIGN §6.7) rather than retry blindly.
     #[error("preempted by seal {seal} (copies may exist: {may_be_stored})")]
     Preempted {
+        /// The epoch the log is sealed at.
         seal: Epoch,
+        /// The sequencer now in charge, when the node knew it.
         sequencer: Option<NodeId>,
+        /// Whether some copy may have been stored before the seal.
         may_be_stored: bool,
     },
     /// The append may or may not have happened: some copy may have been stored, and the
     /// append could not be completed.
     #[error("append outcome unknown: {cause}")]
-    Indeterminate { cause: IndeterminateCause },
+    Indeterminate {
+        /// What ended the append.
+        cause: IndeterminateCause,
+    },
     /// The log does not exist. Nothing was stored.
     #[error("log {log} does not exist")]
-    LogNotFound { log: LogId },
+    LogNotFound {
+        /// The log asked for.
+        log: LogId,
+    },
     /// No sequencer granted LSNs within the append timeout (unreachable, refusing, or its
     /// window stayed full). No copy was sent, so nothing was stored; LSNs it may have granted
     /// unseen are settled by the sequencer's abandoned-LSN path.
     #[error("no sequencer granted LSNs: {reason}")]
-    NoSequencer { reason: String },
+    NoSequencer {
+        /// The last sequencer error seen.
+        reason: String,
+    },
     /// The client is shut down. Nothing was sent.
     #[error("the client is shut down")]
     Shutdown,
@@ -60,10 +83,17 @@ pub enum AppendError {
 /// What ended an append whose copies may exist.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum IndeterminateCause {
+    /// The append timeout passed after some copy may have been stored.
     #[error("the append timeout passed with copies possibly stored")]
     TimedOut,
+    /// A node found a corrupt payload after other copies may have been stored.
     #[error("node {node} found a checksum mismatch at {lsn} after copies were possibly stored")]
-    ChecksumMismatch { node: NodeId, lsn: Lsn },
+    ChecksumMismatch {
+        /// The node that found it.
+        node: NodeId,
+        /// The record's LSN.
+        lsn: Lsn,
+    },
 }
 
 impl AppendError {

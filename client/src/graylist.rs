@@ -28,10 +28,15 @@ pub enum AvoidReason {
 /// How long each kind of entry lasts, and when slow-node entries are ignored.
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub struct GraylistConfig {
+    /// How long a node that was slow to answer a STORE is avoided.
     pub slow: Duration,
+    /// How long a node that answered `Overloaded` is avoided.
     pub overloaded: Duration,
+    /// How long a node that answered `NoSpace` is avoided.
     pub no_space: Duration,
+    /// How long a node that answered `Disabled` is avoided.
     pub disabled: Duration,
+    /// How long a node the transport could not reach is avoided.
     pub unreachable: Duration,
     /// When more than this fraction of a node set is graylisted as slow, the slow entries are
     /// ignored for that node set: so many slow nodes says more about the client or the network
@@ -79,6 +84,7 @@ pub struct Graylist {
 }
 
 impl Graylist {
+    /// An empty graylist.
     pub fn new(config: GraylistConfig) -> Self {
         Graylist {
             config,
@@ -107,6 +113,7 @@ impl Graylist {
             .map(|e| e.reason)
     }
 
+    /// Whether `node` is to be avoided at `now`.
     pub fn contains(&self, node: NodeId, now: Instant) -> bool {
         self.reason(node, now).is_some()
     }

@@ -29,6 +29,8 @@
 //! The write and read state machines each have their own `Event`/`Action` types; use them
 //! through their module paths.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 mod append;
 pub mod appender;
@@ -44,7 +46,7 @@ pub mod read;
 pub mod reader;
 mod sequence;
 
-pub use admin::AdminError;
+pub use admin::{AdminError, ScanEstimate};
 pub use appender::{AppendPolicy, Appender, check_payloads};
 pub use buffered::{BufferedConfig, BufferedWriter};
 pub use client::{Client, ConnectError};
@@ -54,7 +56,8 @@ pub use error::{AppendError, IndeterminateCause};
 pub use graylist::{AvoidReason, Graylist, GraylistConfig};
 pub use placement::{CopysetSelector, DomainScope, PlacementError, PlacementNode};
 pub use read::{
-    BlockingReader, ReadError, ReadFrom, ReadOptions, ReadUntil, Reader, ReaderStats, Stall,
+    BlockingReader, ReadError, ReadFrom, ReadOptions, ReadUntil, Reader, ReaderStats, RecordFilter,
+    Stall,
 };
 pub use reader::Delivery;
 pub use tally_common::wire::{FindTimeAccuracy, GapKind};

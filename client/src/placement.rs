@@ -30,8 +30,11 @@ use tally_common::{Copyset, NodeId, NodeInfo, NodeSet};
 pub struct DomainScope(u8);
 
 impl DomainScope {
+    /// The first label: one copy per region where possible.
     pub const REGION: DomainScope = DomainScope(1);
+    /// Two labels: one copy per data center where possible.
     pub const DATA_CENTER: DomainScope = DomainScope(2);
+    /// Three labels: one copy per rack where possible.
     pub const RACK: DomainScope = DomainScope(3);
 
     /// A scope of `labels` leading location labels (at least one).
@@ -57,6 +60,7 @@ impl DomainScope {
 /// One node as placement sees it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PlacementNode {
+    /// The node.
     pub id: NodeId,
     /// Relative share of copies; 0 = take new copies only when nothing else is left.
     pub weight: u32,
@@ -67,10 +71,20 @@ pub struct PlacementNode {
 /// Why no copyset could be chosen. Both are "certainly nothing was sent".
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum PlacementError {
+    /// Fewer usable nodes than the replication factor.
     #[error("need {needed} distinct nodes for a copyset, the node set has {available}")]
-    NotEnoughNodes { needed: usize, available: usize },
+    NotEnoughNodes {
+        /// The replication factor.
+        needed: usize,
+        /// Usable nodes of the node set.
+        available: usize,
+    },
+    /// The replication factor is 0 or above the copyset limit.
     #[error("replication {replication} is outside 1..={max}", max = Copyset::MAX)]
-    BadReplication { replication: usize },
+    BadReplication {
+        /// The replication factor asked for.
+        replication: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +161,7 @@ impl CopysetSelector {
         self.nodes.len()
     }
 
+    /// Whether there is no node to choose from.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

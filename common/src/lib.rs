@@ -10,6 +10,7 @@
 pub mod ids;
 pub mod limits;
 pub mod meta;
+pub mod metrics;
 pub mod placement;
 pub mod quorum;
 pub mod record;
@@ -19,7 +20,8 @@ pub mod wire;
 pub use ids::{Epoch, Esn, IdParseError, LogId, Lsn, NodeId};
 pub use limits::Limits;
 pub use meta::{
-    Durability, LogAttributes, LogMetadata, NodeInfo, NodeSet, NodeSetEntry, Roles, StorageState,
+    Durability, LogAttributes, LogMetadata, NodeInfo, NodeSet, NodeSetEntry, RecoveredEpoch, Roles,
+    StorageState,
 };
 pub use record::{
     ChecksumMismatch, Copyset, CopysetError, Precedence, RecordFlags, RecordHeader, payload_crc32,

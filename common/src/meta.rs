@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, Lsn, NodeId};
-use crate::record::Copyset;
+use crate::ids::{Epoch, Esn, Lsn, NodeId};
+use crate::record::{Copyset, RecordFlags};
 
 /// How a storage node acknowledges a store (DESIGN §7).
 #[derive(
@@ -196,9 +196,82 @@ pub struct LogMetadata {
     /// The tail record (last LSN) of the last clean epoch.
     pub last_clean_tail: Lsn,
     pub attributes: LogAttributes,
+    /// What the recoveries of the most recent recovered epochs decided, oldest first, at most
+    /// [`LogMetadata::MAX_RECOVERED`]: storage nodes that missed a recovery purge by it
+    /// (DESIGN §7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<RecoveredEpoch>,
+}
+
+/// What the recovery of one epoch decided, kept in the epoch store with the last clean epoch
+/// so that a storage node that missed the recovery can purge the copies it overruled.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct RecoveredEpoch {
+    pub epoch: Epoch,
+    /// The seal epoch of the recovery that finished: its writes carry it as `wave_or_seal`.
+    pub seal: Epoch,
+    /// Every ESN up to here was complete before recovery and left alone.
+    pub lng: Esn,
+    /// The epoch's last LSN after recovery (its bridge), `Lsn::INVALID` if recovery wrote
+    /// nothing.
+    pub tail: Lsn,
+    /// Whether the digest was authoritative, so that recovery plugged holes at the ESNs for
+    /// which it saw no copy (otherwise it left them alone).
+    pub authoritative: bool,
+}
+
+impl RecoveredEpoch {
+    /// Whether a copy at `lsn` (of this epoch) with `header`'s write metadata, held by a node
+    /// that missed this recovery, is one the recovery overruled and the node must delete.
+    /// `local_lng` is the node's own LNG of the epoch: copies at or below either LNG were
+    /// complete and are kept. Copies written by this recovery (or a later one) are final.
+    pub fn overrules(
+        &self,
+        lsn: Lsn,
+        flags: RecordFlags,
+        wave_or_seal: u32,
+        local_lng: Esn,
+    ) -> bool {
+        if lsn.epoch() != self.epoch || lsn.esn() <= self.lng.max(local_lng) {
+            return false;
+        }
+        if flags.contains(RecordFlags::WRITTEN_BY_RECOVERY) && Epoch(wave_or_seal) >= self.seal {
+            return false;
+        }
+        if self.tail == Lsn::INVALID || self.tail.epoch() != self.epoch {
+            // Recovery decided nothing about this epoch's ESNs: keep what is there.
+            return false;
+        }
+        // At or past the bridge nothing but recovery's own writes belongs; before it, an
+        // authoritative recovery plugged a hole wherever it saw no copy.
+        lsn.esn() >= self.tail.esn() || self.authoritative
+    }
 }
 
 impl LogMetadata {
+    /// How many recovered epochs [`LogMetadata::recovered`] remembers.
+    pub const MAX_RECOVERED: usize = 256;
+
+    /// What the recovery of `epoch` decided, if it is still remembered.
+    pub fn recovered_epoch(&self, epoch: Epoch) -> Option<&RecoveredEpoch> {
+        self.recovered
+            .binary_search_by_key(&epoch, |r| r.epoch)
+            .ok()
+            .map(|i| &self.recovered[i])
+    }
+
     /// The node-set entry in force for `epoch`, if the history reaches back that far.
     pub fn node_set_for(&self, epoch: Epoch) -> Option<&NodeSetEntry> {
         self.history.iter().rev().find(|e| e.since <= epoch)
@@ -322,6 +395,7 @@ mod tests {
             history: vec![entry(1, &[1, 2, 3]), entry(5, &[3, 2, 4])],
             last_clean_epoch: Epoch(7),
             last_clean_tail: Lsn::INVALID,
+            recovered: Vec::new(),
             attributes: LogAttributes::default(),
         };
         assert_eq!(meta.current_epoch(), Epoch(8));
@@ -331,5 +405,43 @@ mod tests {
             meta.node_set_for(Epoch(8)).unwrap().node_set.nodes(),
             &[NodeId(2), NodeId(3), NodeId(4)]
         );
+    }
+
+    #[test]
+    fn what_a_recovery_overrules() {
+        let e = |esn: u32| Lsn::new(Epoch(4), Esn(esn));
+        let decided = RecoveredEpoch {
+            epoch: Epoch(4),
+            seal: Epoch(6),
+            lng: Esn(10),
+            tail: e(20),
+            authoritative: true,
+        };
+        let plain = RecordFlags::DURABLE;
+        let rec = RecordFlags::WRITTEN_BY_RECOVERY;
+        // At or below either LNG: complete before recovery, kept.
+        assert!(!decided.overrules(e(10), plain, 1, Esn(0)));
+        assert!(!decided.overrules(e(12), plain, 1, Esn(12)));
+        // Past the LNG, not written by this recovery: overruled (authoritative).
+        assert!(decided.overrules(e(11), plain, 1, Esn(0)));
+        // Written by this recovery (or a later one): final; by an older one: overruled.
+        assert!(!decided.overrules(e(11), rec, 6, Esn(0)));
+        assert!(!decided.overrules(e(20), rec | RecordFlags::BRIDGE, 7, Esn(0)));
+        assert!(decided.overrules(e(11), rec, 5, Esn(0)));
+        // At and past the bridge: overruled, authoritative or not.
+        let partial = RecoveredEpoch {
+            authoritative: false,
+            ..decided
+        };
+        assert!(!partial.overrules(e(11), plain, 1, Esn(0)));
+        assert!(partial.overrules(e(20), plain, 1, Esn(0)));
+        assert!(partial.overrules(e(25), plain, 1, Esn(0)));
+        // Another epoch, or a recovery that recorded no tail: nothing to say.
+        assert!(!decided.overrules(Lsn::new(Epoch(5), Esn(30)), plain, 1, Esn(0)));
+        let empty = RecoveredEpoch {
+            tail: Lsn::INVALID,
+            ..decided
+        };
+        assert!(!empty.overrules(e(25), plain, 1, Esn(0)));
     }
 }

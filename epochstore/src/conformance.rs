@@ -166,28 +166,38 @@ pub async fn last_clean_epoch_is_monotone(store: Arc<dyn EpochStore>) {
             .expect("activate");
     }
     let tail = Lsn::new(Epoch(3), tally_common::ids::Esn(17));
+    let outcome = tally_common::RecoveredEpoch {
+        epoch: Epoch(3),
+        seal: Epoch(10),
+        lng: tally_common::ids::Esn(12),
+        tail,
+        authoritative: true,
+    };
     let meta = store
-        .set_last_clean_epoch(log, Epoch(3), tail)
+        .set_last_clean_epoch(log, Epoch(3), tail, Some(outcome))
         .await
         .expect("lce 3");
     assert_eq!(
         (meta.last_clean_epoch, meta.last_clean_tail),
         (Epoch(3), tail)
     );
+    // What the recovery decided is kept with the last clean epoch, for nodes that missed it.
+    let read = store.get_log(log).await.expect("get");
+    assert_eq!(read.recovered_epoch(Epoch(3)), Some(&outcome));
     assert_eq!(
         store
-            .set_last_clean_epoch(log, Epoch(2), Lsn::INVALID)
+            .set_last_clean_epoch(log, Epoch(2), Lsn::INVALID, None)
             .await,
         Err(EpochStoreError::Stale { current: Epoch(3) })
     );
     let same = store
-        .set_last_clean_epoch(log, Epoch(3), tail)
+        .set_last_clean_epoch(log, Epoch(3), tail, None)
         .await
         .expect("lce 3 again");
     assert_eq!(same.last_clean_epoch, Epoch(3));
     assert!(matches!(
         store
-            .set_last_clean_epoch(log, Epoch(11), Lsn::INVALID)
+            .set_last_clean_epoch(log, Epoch(11), Lsn::INVALID, None)
             .await,
         Err(EpochStoreError::InvalidArgument(_))
     ));
@@ -199,7 +209,7 @@ pub async fn last_clean_epoch_is_monotone(store: Arc<dyn EpochStore>) {
             (
                 e,
                 store
-                    .set_last_clean_epoch(log, Epoch(e), Lsn::INVALID)
+                    .set_last_clean_epoch(log, Epoch(e), Lsn::INVALID, None)
                     .await,
             )
         }));

@@ -467,10 +467,11 @@ impl EpochStore for EtcdStore {
         log: LogId,
         epoch: Epoch,
         tail: Lsn,
+        recovered: Option<tally_common::RecoveredEpoch>,
     ) -> BoxFuture<'_, Result<LogMetadata>> {
         Box::pin(async move {
             self.read_modify_write(log, |current, _| {
-                match update::set_last_clean_epoch(current, epoch, tail)? {
+                match update::set_last_clean_epoch(current, epoch, tail, recovered)? {
                     Some(updated) => Ok((Some(updated.clone()), updated)),
                     None => Ok((None, current.clone())),
                 }

@@ -248,11 +248,12 @@ impl EpochStore for FileEpochStore {
         log: LogId,
         epoch: Epoch,
         tail: Lsn,
+        recovered: Option<tally_common::RecoveredEpoch>,
     ) -> BoxFuture<'_, Result<LogMetadata>> {
         Box::pin(async move {
             self.mutate(log, move |current| {
                 let current = current.ok_or(EpochStoreError::NotFound { log })?;
-                match update::set_last_clean_epoch(current, epoch, tail)? {
+                match update::set_last_clean_epoch(current, epoch, tail, recovered)? {
                     Some(updated) => Ok((Some(updated.clone()), updated)),
                     None => Ok((None, current.clone())),
                 }

@@ -93,10 +93,11 @@ impl EpochStore for MemoryEpochStore {
         log: LogId,
         epoch: Epoch,
         tail: Lsn,
+        recovered: Option<tally_common::RecoveredEpoch>,
     ) -> BoxFuture<'_, Result<LogMetadata>> {
         Box::pin(async move {
             self.with_log(log, |m| {
-                if let Some(updated) = update::set_last_clean_epoch(m, epoch, tail)? {
+                if let Some(updated) = update::set_last_clean_epoch(m, epoch, tail, recovered)? {
                     *m = updated;
                 }
                 Ok(m.clone())

@@ -263,6 +263,7 @@ pub trait EpochStore: Send + Sync + fmt::Debug + 'static {
         log: LogId,
         epoch: Epoch,
         tail: Lsn,
+        recovered: Option<tally_common::RecoveredEpoch>,
     ) -> BoxFuture<'_, Result<LogMetadata>>;
 
     /// Registers `info` under a lease of `ttl`, kept alive while the returned handle lives.

@@ -6,7 +6,7 @@
 //! share one set of rules.
 
 use tally_common::ids::{Epoch, LogId, Lsn};
-use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo, NodeSetEntry};
+use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo, NodeSetEntry, RecoveredEpoch};
 
 use crate::nodeset::{self, SelectionError};
 use crate::store::{ActivateOptions, Activation, EpochStoreError, Result};
@@ -24,6 +24,7 @@ pub fn new_log(log: LogId, attributes: LogAttributes) -> Result<LogMetadata> {
         history: Vec::new(),
         last_clean_epoch: Epoch::INVALID,
         last_clean_tail: Lsn::INVALID,
+        recovered: Vec::new(),
         attributes,
     })
 }
@@ -86,12 +87,22 @@ pub fn activate(
     Ok((updated, activation))
 }
 
-/// Moves the last clean epoch forward. `Ok(None)`: already there, nothing to write.
+/// Moves the last clean epoch forward. `Ok(None)`: already there, nothing to write. With
+/// `recovered` (what the recovery of `epoch` decided; it must name `epoch`), it is remembered in
+/// [`LogMetadata::recovered`], which keeps the newest [`LogMetadata::MAX_RECOVERED`].
 pub fn set_last_clean_epoch(
     current: &LogMetadata,
     epoch: Epoch,
     tail: Lsn,
+    recovered: Option<RecoveredEpoch>,
 ) -> Result<Option<LogMetadata>> {
+    if let Some(r) = recovered
+        && (r.epoch != epoch || r.tail != tail || r.seal < epoch)
+    {
+        return Err(EpochStoreError::InvalidArgument(format!(
+            "recovery outcome {r:?} does not describe epoch {epoch} with tail {tail}"
+        )));
+    }
     if epoch < current.last_clean_epoch {
         return Err(EpochStoreError::Stale {
             current: current.last_clean_epoch,
@@ -114,6 +125,16 @@ pub fn set_last_clean_epoch(
     let mut updated = current.clone();
     updated.last_clean_epoch = epoch;
     updated.last_clean_tail = tail;
+    if let Some(r) = recovered {
+        // Epochs only grow here (the last clean epoch is monotone), so the list stays sorted.
+        updated.recovered.retain(|known| known.epoch < epoch);
+        updated.recovered.push(r);
+        let excess = updated
+            .recovered
+            .len()
+            .saturating_sub(LogMetadata::MAX_RECOVERED);
+        updated.recovered.drain(..excess);
+    }
     Ok(Some(updated))
 }
 
@@ -233,19 +254,49 @@ mod tests {
     fn last_clean_epoch_is_monotone() {
         let mut meta = new_log(LogId(1), LogAttributes::default()).unwrap();
         meta.next_epoch = Epoch(10);
-        let meta = set_last_clean_epoch(&meta, Epoch(5), Lsn::INVALID)
+        let meta = set_last_clean_epoch(&meta, Epoch(5), Lsn::INVALID, None)
             .unwrap()
             .unwrap();
         assert_eq!(
-            set_last_clean_epoch(&meta, Epoch(5), Lsn::INVALID),
+            set_last_clean_epoch(&meta, Epoch(5), Lsn::INVALID, None),
             Ok(None)
         );
         assert_eq!(
-            set_last_clean_epoch(&meta, Epoch(4), Lsn::INVALID),
+            set_last_clean_epoch(&meta, Epoch(4), Lsn::INVALID, None),
             Err(EpochStoreError::Stale { current: Epoch(5) })
         );
         assert!(matches!(
-            set_last_clean_epoch(&meta, Epoch(10), Lsn::INVALID),
+            set_last_clean_epoch(&meta, Epoch(10), Lsn::INVALID, None),
+            Err(EpochStoreError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn recovery_outcomes_are_remembered_newest_last_and_bounded() {
+        let mut meta = new_log(LogId(1), LogAttributes::default()).unwrap();
+        meta.next_epoch = Epoch(1000);
+        let outcome = |e: u32| RecoveredEpoch {
+            epoch: Epoch(e),
+            seal: Epoch(e + 1),
+            lng: tally_common::Esn(3),
+            tail: Lsn::new(Epoch(e), tally_common::Esn(9)),
+            authoritative: true,
+        };
+        for e in 1..=(LogMetadata::MAX_RECOVERED as u32 + 10) {
+            let o = outcome(e);
+            meta = set_last_clean_epoch(&meta, Epoch(e), o.tail, Some(o))
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(meta.recovered.len(), LogMetadata::MAX_RECOVERED);
+        assert_eq!(meta.recovered[0].epoch, Epoch(11));
+        let last = LogMetadata::MAX_RECOVERED as u32 + 10;
+        assert_eq!(meta.recovered_epoch(Epoch(last)), Some(&outcome(last)));
+        assert_eq!(meta.recovered_epoch(Epoch(10)), None);
+        // An outcome must describe the epoch being recorded clean.
+        let wrong = outcome(last + 5);
+        assert!(matches!(
+            set_last_clean_epoch(&meta, Epoch(last + 1), wrong.tail, Some(wrong)),
             Err(EpochStoreError::InvalidArgument(_))
         ));
     }

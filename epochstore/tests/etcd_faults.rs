@@ -78,7 +78,7 @@ async fn etcd_sigkill_and_restart() {
     let (a, b, c, d, e, f, g) = tokio::join!(
         store.activate(log, ActivateOptions::default()),
         store.get_log(log),
-        store.set_last_clean_epoch(log, Epoch(1), Lsn::INVALID),
+        store.set_last_clean_epoch(log, Epoch(1), Lsn::INVALID, None),
         store.list_logs(),
         store.list_nodes(),
         store.create_log(LogId(2), small_attributes()),

@@ -41,7 +41,7 @@ async fn sigkill_child() {
             .expect("activate");
         if a.epoch.0 % 4 == 0 {
             let _ = store
-                .set_last_clean_epoch(LogId(1), a.epoch.prev(), Lsn::INVALID)
+                .set_last_clean_epoch(LogId(1), a.epoch.prev(), Lsn::INVALID, None)
                 .await;
         }
         println!("epoch {}", a.epoch.0);

@@ -46,7 +46,7 @@ async fn reopen_keeps_metadata_and_drops_temp_files() {
                 .unwrap();
         }
         store
-            .set_last_clean_epoch(LogId(4), Epoch(2), Lsn::INVALID)
+            .set_last_clean_epoch(LogId(4), Epoch(2), Lsn::INVALID, None)
             .await
             .unwrap()
     };
@@ -130,8 +130,8 @@ mod model {
                             file.activate(LogId(l), ActivateOptions::default()).await.map(|a| a.metadata),
                         ),
                         Op::LastClean(l, e) => (
-                            model.set_last_clean_epoch(LogId(l), Epoch(e), Lsn::INVALID).await,
-                            file.set_last_clean_epoch(LogId(l), Epoch(e), Lsn::INVALID).await,
+                            model.set_last_clean_epoch(LogId(l), Epoch(e), Lsn::INVALID, None).await,
+                            file.set_last_clean_epoch(LogId(l), Epoch(e), Lsn::INVALID, None).await,
                         ),
                         Op::Attributes(l, r) => (
                             model.update_attributes(LogId(l), attributes(r)).await,

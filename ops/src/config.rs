@@ -19,7 +19,7 @@ use tally_common::transport::TransportConfig;
 use tally_sequencer::runtime::SequencerConfig;
 use tally_storage_node::server::StorageConfig;
 
-use crate::node::NodeSpec;
+use crate::node::{AdminListen, NodeSpec};
 
 /// Parses `250ms`, `5s`, `10m`, `12h`, `7d` or a bare `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -155,6 +155,9 @@ pub struct NodeConfig {
     /// Address registered in membership for others to reach this node (required when
     /// `listen` is a wildcard address); default: the bound address.
     pub advertise: Option<String>,
+    /// TCP address of the admin HTTP port (`/metrics`, `/health`, `/ready`, the status
+    /// page): `ip:port`, `auto` (the listen IP and the listen port + 1000) or `disabled`.
+    pub admin_listen: String,
     /// LogsDB directory (storage role).
     pub data_dir: Option<PathBuf>,
     pub roles: Vec<Role>,
@@ -176,6 +179,7 @@ impl Default for NodeConfig {
             node_id: 0,
             listen: "127.0.0.1:4500".to_owned(),
             advertise: None,
+            admin_listen: ADMIN_AUTO.to_owned(),
             data_dir: None,
             roles: vec![Role::Sequencer, Role::Storage],
             certs_dir: PathBuf::from("certs"),
@@ -185,6 +189,46 @@ impl Default for NodeConfig {
             storage: StorageSection::default(),
             sequencer: SequencerSection::default(),
         }
+    }
+}
+
+/// `admin_listen` value: the listen IP, the listen port + [`ADMIN_PORT_OFFSET`].
+pub const ADMIN_AUTO: &str = "auto";
+/// `admin_listen` value: no admin port.
+pub const ADMIN_DISABLED: &str = "disabled";
+/// How far above the QUIC port the admin port is by default.
+pub const ADMIN_PORT_OFFSET: u16 = 1000;
+
+/// The admin port `admin_listen` names for a node listening on `listen`: `Ok(None)` when
+/// disabled; an error message when it is neither `auto`, `disabled` nor `ip:port`. `auto` is
+/// best effort (listen port + 1000, or an ephemeral port when that is taken or above 65535);
+/// an explicit address must be bound as given.
+pub fn admin_addr(admin_listen: &str, listen: SocketAddr) -> Result<Option<AdminListen>, String> {
+    match admin_listen.trim() {
+        ADMIN_DISABLED => Ok(None),
+        ADMIN_AUTO => {
+            let port = match listen.port() {
+                0 => 0,
+                p => p.checked_add(ADMIN_PORT_OFFSET).unwrap_or(0),
+            };
+            Ok(Some(AdminListen {
+                addr: SocketAddr::new(listen.ip(), port),
+                fallback: true,
+            }))
+        }
+        other => other
+            .parse()
+            .map(|addr| {
+                Some(AdminListen {
+                    addr,
+                    fallback: false,
+                })
+            })
+            .map_err(|_| {
+                format!(
+                    "{other:?} is not an ip:port address, \"{ADMIN_AUTO}\" or \"{ADMIN_DISABLED}\""
+                )
+            }),
     }
 }
 
@@ -210,6 +254,7 @@ pub struct Overrides {
     pub node_id: Option<u32>,
     pub listen: Option<String>,
     pub advertise: Option<String>,
+    pub admin_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub roles: Option<Vec<Role>>,
     pub etcd: Option<Vec<String>>,
@@ -252,6 +297,7 @@ impl Overrides {
             node_id: num("TALLY_NODE_ID")?,
             listen: var("TALLY_LISTEN"),
             advertise: var("TALLY_ADVERTISE"),
+            admin_listen: var("TALLY_ADMIN_LISTEN"),
             data_dir: var("TALLY_DATA_DIR").map(PathBuf::from),
             roles: var("TALLY_ROLES")
                 .map(|v| parse_roles(&v).map_err(|e| invalid("TALLY_ROLES", e)))
@@ -308,6 +354,9 @@ impl NodeConfig {
         }
         if let Some(v) = o.advertise {
             self.advertise = Some(v);
+        }
+        if let Some(v) = o.admin_listen {
+            self.admin_listen = v;
         }
         if let Some(v) = o.data_dir {
             self.data_dir = Some(v);
@@ -374,6 +423,14 @@ impl NodeConfig {
                      reach this node at",
                     self.listen
                 ),
+            ));
+        }
+        let admin =
+            admin_addr(&self.admin_listen, listen).map_err(|e| invalid("admin_listen", e))?;
+        if admin.is_some_and(|a| a.addr == listen && listen.port() != 0) {
+            return Err(invalid(
+                "admin_listen",
+                format!("{} is the listen address; pick another port", self.listen),
             ));
         }
         if let Some(a) = &self.advertise
@@ -519,6 +576,11 @@ impl NodeConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
             advertise: self.advertise.clone(),
+            admin: self
+                .listen
+                .parse()
+                .ok()
+                .and_then(|listen| admin_addr(&self.admin_listen, listen).ok().flatten()),
             certs_dir: self.certs_dir.clone(),
             transport: TransportConfig::default(),
             lease_ttl: storage.lease_ttl,
@@ -600,6 +662,9 @@ mod tests {
         c.listen = "nowhere".into();
         assert_eq!(field(&c), "listen");
         let mut c = good.clone();
+        c.admin_listen = "somewhere".into();
+        assert_eq!(field(&c), "admin_listen");
+        let mut c = good.clone();
         c.epoch_store.file = Some("/tmp/x".into());
         assert_eq!(field(&c), "epoch_store");
         let mut c = good.clone();
@@ -617,6 +682,40 @@ mod tests {
         assert!(e.reason.contains("lease_ttl"), "{e}");
         let bad_env = Overrides::from_env(|k| (k == "TALLY_NODE_ID").then(|| "x".to_owned()));
         assert_eq!(bad_env.unwrap_err().field, "TALLY_NODE_ID");
+    }
+
+    #[test]
+    fn admin_addresses() {
+        let listen: SocketAddr = "127.0.0.1:4500".parse().unwrap();
+        let auto = |addr: &str| {
+            Ok(Some(AdminListen {
+                addr: addr.parse().unwrap(),
+                fallback: true,
+            }))
+        };
+        assert_eq!(admin_addr("auto", listen), auto("127.0.0.1:5500"));
+        assert_eq!(admin_addr("disabled", listen), Ok(None));
+        assert_eq!(
+            admin_addr("10.0.0.1:9000", listen),
+            Ok(Some(AdminListen {
+                addr: "10.0.0.1:9000".parse().unwrap(),
+                fallback: false
+            }))
+        );
+        assert_eq!(
+            admin_addr("auto", "127.0.0.1:0".parse().unwrap()),
+            auto("127.0.0.1:0")
+        );
+        assert_eq!(
+            admin_addr("auto", "127.0.0.1:65000".parse().unwrap()),
+            auto("127.0.0.1:0")
+        );
+        assert!(admin_addr("nine", listen).is_err());
+        let mut c = NodeConfig::from_toml(EXAMPLE).unwrap();
+        c.apply(&env(&[("TALLY_ADMIN_LISTEN", "disabled")]));
+        assert_eq!(c.spec().unwrap().admin, None);
+        c.admin_listen = c.listen.clone();
+        assert_eq!(c.validate().unwrap_err().field, "admin_listen");
     }
 
     #[test]

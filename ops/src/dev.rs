@@ -13,7 +13,10 @@
 //!
 //! Ports (UDP, 127.0.0.1): the sequencer node (id 1) on `--base-port` (default 4500, the
 //! CLI's default seed), storage node `i` (id `i + 1`) on `base + i`. `--base-port 0` gives
-//! every node an ephemeral port (tests run several at once); the seed is printed. A restart
+//! every node an ephemeral port (tests run several at once); the seed is printed. Each node
+//! also has an admin HTTP port (TCP; status page, `/metrics`, `/health`, `/ready`):
+//! `--admin-base-port` (default base + 1000, so 5500 is the sequencer's status page) + the
+//! same offsets, ephemeral with `--base-port 0`; the URLs are printed. A restart
 //! on the same directory reuses data, certificates and logs; appends continue in a new epoch.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,7 +35,7 @@ use tally_storage_node::logsdb::LogsDbConfig;
 use tally_storage_node::server::StorageConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{self, NodeSpec};
+use crate::node::{self, AdminListen, NodeSpec};
 
 /// The cluster name of every dev cluster (checked against each node's data directory).
 pub const DEV_CLUSTER: &str = "dev";
@@ -61,6 +64,11 @@ pub struct DevArgs {
     /// UDP port of the sequencer node; storage nodes take the next ones. 0: ephemeral ports.
     #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
     pub base_port: u16,
+    /// TCP port of the sequencer node's admin HTTP port (status page, /metrics); storage
+    /// nodes take the next ones [default: --base-port + 1000, or an ephemeral port where that
+    /// is taken; ephemeral with --base-port 0].
+    #[arg(long)]
+    pub admin_base_port: Option<u16>,
 }
 
 /// Parses `A..=B`, `A..B` or `A` into an inclusive range of user log ids.
@@ -126,6 +134,7 @@ pub fn node_spec(dir: &Path, id: u32, roles: Roles, listen: SocketAddr) -> NodeS
         storage,
         sequencer: SequencerConfig::new(NodeId(id)),
         lease_ttl: Duration::from_secs(10),
+        admin: None,
     }
 }
 
@@ -176,7 +185,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let loopback = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-    let spec = |id: u32, roles: Roles, listen: SocketAddr| node_spec(&dir, id, roles, listen);
+    // Named admin ports are strict; the default ones fall back to ephemeral ports if taken.
+    let (admin_base, fallback) = match args.admin_base_port {
+        Some(p) => (p, false),
+        None if args.base_port == 0 => (0, true),
+        None => (
+            args.base_port
+                .checked_add(crate::config::ADMIN_PORT_OFFSET)
+                .unwrap_or(0),
+            true,
+        ),
+    };
+    let spec = |id: u32, roles: Roles, listen: SocketAddr| -> anyhow::Result<NodeSpec> {
+        let mut spec = node_spec(&dir, id, roles, listen);
+        // Node id 1 (the sequencer) takes the base port, storage node `i` (id `i + 1`) base + i.
+        spec.admin = Some(AdminListen {
+            addr: loopback(port(admin_base, id - 1)?),
+            fallback,
+        });
+        Ok(spec)
+    };
 
     let mut nodes = Vec::new();
     let started = async {
@@ -187,7 +215,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             };
             let listen = loopback(port(args.base_port, i)?);
             nodes.push(
-                node::start(spec(i + 1, roles, listen), store.clone(), shutdown.clone()).await?,
+                node::start(spec(i + 1, roles, listen)?, store.clone(), shutdown.clone()).await?,
             );
         }
         let roles = Roles {
@@ -195,7 +223,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             storage: false,
         };
         let listen = loopback(port(args.base_port, 0)?);
-        nodes.push(node::start(spec(1, roles, listen), store.clone(), shutdown.clone()).await?);
+        nodes.push(node::start(spec(1, roles, listen)?, store.clone(), shutdown.clone()).await?);
         anyhow::Ok(())
     }
     .await;
@@ -223,6 +251,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.storage_nodes
     );
     println!("  seed:  {seed}");
+    if let Some(admin) = nodes.last().and_then(|n| n.admin_addr) {
+        println!("  status page: http://{admin}/   (metrics: http://{admin}/metrics)");
+    }
     println!("  certs: {}", certs.display());
     println!("  data:  {}", dir.display());
     println!(
@@ -237,7 +268,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         } else {
             "storage"
         };
-        println!("  node {} ({role}): {}", node.id.0, node.addr);
+        match node.admin_addr {
+            Some(admin) => println!(
+                "  node {} ({role}): {}  admin http://{admin}/",
+                node.id.0, node.addr
+            ),
+            None => println!("  node {} ({role}): {}", node.id.0, node.addr),
+        }
     }
     // The commands need flags only when the CLI's defaults do not lead here.
     let default_certs = default_certs_dir().canonicalize().ok();
@@ -251,6 +288,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  tally append{flags} --log 1 < lines.txt        # one record per line");
     println!("  tally log create{flags} --log 100 --replication 2");
     println!("  tally log show{flags} --log 1");
+    println!("  tally status{flags}");
     println!("  (from the source tree: cargo run -p tally -- append{flags} --log 1 hello)");
     println!(
         "Ctrl-C stops the cluster; running it again on {} keeps its data.",

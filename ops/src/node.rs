@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tally_common::NodeId;
 use tally_common::meta::{NodeInfo, Roles, StorageState};
+use tally_common::metrics::NodeMetrics;
 use tally_common::transport::{
     ClientProtocol, Connector, NodeProtocol, RequestContext, Server, ServerStream, Service,
     TlsIdentity, TransportConfig,
@@ -27,15 +28,23 @@ use tally_sequencer::runtime::{self as sequencer, SequencerConfig, SequencerDeps
 use tally_storage_node::server::{self as storage, StorageConfig, StorageDeps, StorageNode};
 use tokio_util::sync::CancellationToken;
 
-/// The client-protocol service of a node: routes each request to the role that serves it.
+use crate::admin::{self, AdminServer, AdminState, NodeProbe};
+
+/// The client-protocol service of a node: routes each request to the role that serves it
+/// (`GetNodeStatus` is the node's own: its [`NodeProbe`] answers).
 #[derive(Debug)]
 pub struct NodeService {
     pub storage: Option<Arc<StorageNode>>,
     pub sequencer: Option<Arc<SequencerNode>>,
+    /// Answers `GetNodeStatus`.
+    pub probe: Arc<NodeProbe>,
 }
 
 impl Service<ClientProtocol> for NodeService {
     async fn call(&self, ctx: RequestContext, req: ClientRequest) -> ClientResponse {
+        if let ClientRequest::GetNodeStatus = req {
+            return ClientResponse::NodeStatus(Box::new(self.probe.status()));
+        }
         match (&self.storage, &self.sequencer) {
             (Some(storage), Some(_)) if StorageNode::serves(&req) => {
                 match storage.handle_client(ctx, req).await {
@@ -93,6 +102,18 @@ pub struct NodeSpec {
     pub sequencer: SequencerConfig,
     /// Membership lease of a sequencer-only node (a storage node uses `storage.lease_ttl`).
     pub lease_ttl: Duration,
+    /// The admin HTTP port (`/metrics`, `/health`, `/ready`, the status page); `None`: none.
+    pub admin: Option<AdminListen>,
+}
+
+/// Where a node's admin HTTP port listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen {
+    /// TCP address (port 0: ephemeral).
+    pub addr: SocketAddr,
+    /// When `addr` cannot be bound, take an ephemeral port on the same IP instead of failing
+    /// (the `auto` default, whose port is a guess; an address an operator names is strict).
+    pub fallback: bool,
 }
 
 /// A started node. Shut it down with [`RunningNode::shutdown`].
@@ -103,6 +124,14 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// The membership record this node registered.
     pub info: NodeInfo,
+    /// The admin HTTP port's bound address, if the node has one.
+    pub admin_addr: Option<SocketAddr>,
+    metrics: NodeMetrics,
+    probe: Arc<NodeProbe>,
+    /// Stops the admin port and the rate sampler (a child of the node's shutdown token).
+    observability: CancellationToken,
+    admin: Option<AdminServer>,
+    sampler: tokio::task::JoinHandle<()>,
     server: Server,
     storage: Option<storage::StorageRuntime>,
     sequencer: Option<sequencer::SequencerRuntime>,
@@ -119,11 +148,28 @@ impl RunningNode {
         self.sequencer.as_ref().map(|s| s.node())
     }
 
+    /// The node's metrics handles (what its roles record).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// What the node knows about itself (status, health, readiness).
+    pub fn probe(&self) -> &Arc<NodeProbe> {
+        &self.probe
+    }
+
     /// Drains the endpoint, stops the sequencer, deregisters (revoking the lease) and closes
     /// LogsDB cleanly.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let id = self.id;
+        self.observability.cancel();
+        if let Some(admin) = self.admin {
+            admin.stopped().await;
+        }
+        let _ = self.sampler.await;
         self.server.shutdown().await;
+        // The probe holds the roles: LogsDB closes cleanly only once it is gone.
+        drop(self.probe);
         if let Some(seq) = self.sequencer {
             seq.shutdown().await;
         }
@@ -187,10 +233,31 @@ pub async fn start(
     } else {
         None
     };
+    let metrics = NodeMetrics {
+        sequencer: spec.sequencer.metrics.clone(),
+        storage: spec.storage.metrics.clone(),
+    };
+    let observability = shutdown.child_token();
+    let probe = Arc::new(NodeProbe::new(
+        id,
+        spec.roles,
+        metrics.clone(),
+        storage.as_ref().map(|s| s.node()),
+        sequencer.as_ref().map(|s| s.node()),
+        shutdown.clone(),
+    ));
     let service = Arc::new(NodeService {
         storage: storage.as_ref().map(|s| s.node()),
         sequencer: sequencer.as_ref().map(|s| s.node()),
+        probe: probe.clone(),
     });
+    let peers = match spec.admin {
+        Some(_) => Some(Arc::new(
+            Connector::<ClientProtocol>::new(&identity, spec.transport.clone())
+                .with_context(|| format!("node {id}: cannot open the status connector"))?,
+        )),
+        None => None,
+    };
     let mut builder =
         Server::builder(spec.transport.clone(), identity).service::<ClientProtocol, _>(service);
     if let Some(storage) = &storage {
@@ -200,6 +267,32 @@ pub async fn start(
         .bind(spec.listen, shutdown.clone())
         .with_context(|| format!("node {id}: cannot listen on {}", spec.listen))?;
     let addr = server.local_addr();
+    probe.set_connections(server.connections());
+    let admin = match spec.admin {
+        Some(listen) => {
+            let mut registry = metrics.registry();
+            registry.register_collector(Box::new(probe.clone()));
+            let state = Arc::new(AdminState::new(
+                probe.clone(),
+                registry,
+                peers,
+                store.clone(),
+            ));
+            let admin = admin::bind(listen, state, observability.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "node {id}: cannot listen on {} (admin HTTP port)",
+                        listen.addr
+                    )
+                })?;
+            probe.set_admin(admin.local_addr().to_string());
+            Some(admin)
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(AdminServer::local_addr);
+    let sampler = tokio::spawn(probe.clone().sample_loop(observability.clone()));
     let address = spec.advertise.clone().unwrap_or_else(|| addr.to_string());
     let (info, lease) = match &storage {
         Some(storage) => {
@@ -225,11 +318,17 @@ pub async fn start(
             (info, Some(lease))
         }
     };
-    tracing::info!(node = %id, %addr, roles = ?spec.roles, "node started");
+    tracing::info!(node = %id, %addr, admin = ?admin_addr, roles = ?spec.roles, "node started");
     Ok(RunningNode {
         id,
         addr,
         info,
+        admin_addr,
+        metrics,
+        probe,
+        observability,
+        admin,
+        sampler,
         server,
         storage,
         sequencer,

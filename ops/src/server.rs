@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// Address registered for others to reach this node.
     #[arg(long)]
     pub advertise: Option<String>,
+    /// TCP address of the admin HTTP port (metrics, health, status page): ip:port, `auto`
+    /// (listen port + 1000) or `disabled`.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     #[arg(long)]
     pub node_id: Option<u32>,
     #[arg(long)]
@@ -65,6 +69,7 @@ impl ServerArgs {
             node_id: self.node_id,
             listen: self.listen.clone(),
             advertise: self.advertise.clone(),
+            admin_listen: self.admin_listen.clone(),
             data_dir: self.data_dir.clone(),
             roles,
             etcd: self.etcd.as_deref().map(list),
@@ -162,6 +167,9 @@ pub fn main(args: ServerArgs) -> anyhow::Result<()> {
                 "tally server: node {id} ready on {} (roles {roles}, advertised as {})",
                 node.addr, node.info.address
             );
+            if let Some(admin) = node.admin_addr {
+                println!("tally server: node {id} status page http://{admin}/ (metrics: /metrics)");
+            }
         })
         .await?;
         println!("tally server: node {id} stopped");

@@ -12,99 +12,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use support::TALLY;
+use support::child::{Running, tally};
 use tally_common::Lsn;
 
-const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+mod support;
+
 /// Bounds each wait of a failing test (a loaded CI machine builds RocksDB meanwhile).
 const T: Duration = Duration::from_secs(120);
-
-/// A long-running `tally` process (`dev` or `server`) and its stdout, line by line.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn spawn(args: &[&str]) -> Running {
-        let mut child = Command::new(TALLY)
-            .args(args)
-            .env_remove("TALLY_SEED")
-            .env_remove("TALLY_CERTS")
-            .env_remove("TALLY_DEV_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tally");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads stdout until a line starts with `prefix`; panics if the process ends first.
-    fn wait_for_line(&mut self, prefix: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(T) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!(
-                    "no line starting with {prefix:?} ({e}); stdout so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// The value of an indented `  key: value` line seen so far.
-    fn field(&self, key: &str) -> String {
-        let prefix = format!("  {key}:");
-        self.seen
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {key:?} line in:\n{}", self.seen.join("\n")))
-            .trim()
-            .to_owned()
-    }
-
-    /// Sends SIGTERM and waits for the exit; asserts a clean exit and the final line.
-    fn terminate(mut self, last_line: &str) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        self.wait_for_line(last_line);
-        let status = self.child.wait().expect("wait for tally");
-        assert!(status.success(), "tally exited with {status} after SIGTERM");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Only a failed test gets here with the process alive.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Where CLI commands connect.
 struct Target {
@@ -121,7 +36,7 @@ struct Dev {
 impl Dev {
     fn start(dir: &Path) -> Dev {
         let dir = dir.to_str().unwrap();
-        let mut proc = Running::spawn(&["dev", "--dir", dir, "--base-port", "0"]);
+        let mut proc = Running::spawn(tally(&["dev", "--dir", dir, "--base-port", "0"]));
         proc.wait_for_line("tally dev: ready");
         proc.wait_for_line("  certs:");
         let seed = proc.field("seed");
@@ -320,7 +235,7 @@ fn server_runs_one_node_with_a_file_epoch_store() {
         ),
     )
     .unwrap();
-    let mut server = Running::spawn(&["server", "--config", config.to_str().unwrap()]);
+    let mut server = Running::spawn(tally(&["server", "--config", config.to_str().unwrap()]));
     let ready = server.wait_for_line("tally server: node 1 ready on ");
     let addr = ready
         .strip_prefix("tally server: node 1 ready on ")
@@ -409,15 +324,15 @@ async fn servers_on_etcd_form_a_cluster_and_leave_membership_on_sigterm() {
     // Node 2 first: node 1 loads membership when it starts, so its views (which clients
     // ask for the cluster state) hold node 2 without waiting for the watch.
     // Flags override the file: node 2 is given its roles on the command line.
-    let mut node2 = Running::spawn(&[
+    let mut node2 = Running::spawn(tally(&[
         "server",
         "--config",
         storage.to_str().unwrap(),
         "--roles",
         "storage",
-    ]);
+    ]));
     ready_addr(&mut node2, 2);
-    let mut node1 = Running::spawn(&["server", "--config", both.to_str().unwrap()]);
+    let mut node1 = Running::spawn(tally(&["server", "--config", both.to_str().unwrap()]));
     let addr = ready_addr(&mut node1, 1);
 
     let store = etcd.store("pair").await.unwrap();
@@ -601,4 +516,348 @@ fn read_tail_find_time_and_trim() {
     drop(follower);
     drop(tail);
     dev.stop();
+}
+
+/// Runs `tally <args>` with raw bytes on stdin (no cluster flags added).
+fn run_bytes(target: &Target, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(TALLY)
+        .args(args)
+        .args([
+            "--seed",
+            &target.seed,
+            "--certs",
+            target.certs.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().expect("tally output")
+}
+
+/// The JSON objects `tally read --format json` printed for records.
+fn json_records(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|o| o.get("lsn").is_some())
+        .collect()
+}
+
+/// `tally append` keeps every record byte for byte (`\r\n`, empty lines, invalid UTF-8, a
+/// last line without newline), and a cut-short `--binary` frame is refused with its reason
+/// after the records before it were appended.
+#[test]
+fn append_never_mangles_records_and_refuses_bad_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let t = &dev.target;
+    let input: &[u8] = b"crlf\r\n\n\xff\xferaw\nlast";
+    let out = run_bytes(t, &["append", "--log", "3"], input);
+    assert_eq!(lsns(&out).len(), 4, "{}", text(&out.stderr));
+    let got = json_records(&run_bytes(
+        t,
+        &["read", "--log", "3", "--format", "json"],
+        b"",
+    ));
+    let payloads: Vec<String> = got
+        .iter()
+        .map(
+            |o| match (o["payload"].as_str(), o["payload_hex"].as_str()) {
+                (Some(p), _) => p.to_owned(),
+                (None, Some(h)) => format!("hex:{h}"),
+                _ => panic!("{o}"),
+            },
+        )
+        .collect();
+    assert_eq!(payloads, ["crlf\r", "", "hex:fffe726177", "last"]);
+
+    // Binary: two good frames, then a frame announcing 9 bytes with 3 left.
+    let mut frames = Vec::new();
+    for rec in [&b"one"[..], b"two\n"] {
+        frames.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+        frames.extend_from_slice(rec);
+    }
+    frames.extend_from_slice(&[0, 0, 0, 9, b'a', b'b', b'c']);
+    let out = run_bytes(t, &["append", "--log", "4", "--binary"], &frames);
+    assert!(!out.status.success(), "a truncated frame is an error");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("record 3: input ends inside a record of 9 bytes (3 bytes read)"),
+        "{err}"
+    );
+    assert!(err.contains("2 records appended"), "{err}");
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+    let got = json_records(&run_bytes(
+        t,
+        &["read", "--log", "4", "--format", "json"],
+        b"",
+    ));
+    let payloads: Vec<&str> = got.iter().map(|o| o["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, ["one", "two\n"]);
+    dev.stop();
+}
+
+/// `log list`, `log update` (only the given attributes change; bad values refused before
+/// anything is sent), `log trim` (the same as `trim`), `read --format time`, and `grep` on a
+/// small log: substring, `-i`, `--regex`, JSON, a time range, bad patterns refused.
+#[test]
+fn log_list_update_trim_read_time_and_grep() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+
+    let listed = dev.run(&["log", "list"], "");
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed = text(&listed.stdout);
+    assert_eq!(
+        listed.lines().count(),
+        17,
+        "a header and logs 1..=16:\n{listed}"
+    );
+    assert!(
+        listed.lines().nth(1).unwrap().starts_with("1\t2\t"),
+        "{listed}"
+    );
+    let updated = dev.run(
+        &[
+            "log",
+            "update",
+            "--log",
+            "5",
+            "--backlog",
+            "2h",
+            "--window",
+            "64",
+        ],
+        "",
+    );
+    assert!(updated.status.success(), "{}", text(&updated.stderr));
+    let json = dev.run(&["log", "list", "--json"], "");
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let five = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["log"] == 5)
+        .expect("log 5 listed");
+    let attrs = &five["metadata"]["attributes"];
+    assert_eq!(attrs["backlog_secs"], 7200, "{attrs}");
+    assert_eq!(attrs["max_in_flight"], 64, "{attrs}");
+    assert_eq!(attrs["replication"], 2, "unchanged: {attrs}");
+    for (bad, why) in [
+        (vec!["--replication", "0"], "replication"),
+        (vec![], "nothing to update"),
+    ] {
+        let mut args = vec!["log", "update", "--log", "5"];
+        args.extend(bad);
+        let out = dev.run(&args, "");
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
+    let missing = dev.run(&["log", "update", "--log", "999", "--window", "8"], "");
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("does not exist"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    let appended = lsns(&dev.run(
+        &["append", "--log", "6"],
+        "GET /a 200\nGET /b 500 error\nPOST /c 503 Error\nGET /d 200\n",
+    ));
+    let timed = dev.run(&["read", "--log", "6", "--format", "time"], "");
+    assert!(timed.status.success(), "{}", text(&timed.stderr));
+    let first = text(&timed.stdout).lines().next().unwrap().to_owned();
+    let fields: Vec<&str> = first.split('\t').collect();
+    assert_eq!(fields[0], appended[0].to_string());
+    assert!(
+        fields[1].len() == 24 && fields[1].ends_with('Z') && fields[1].contains('T'),
+        "{first}"
+    );
+    assert_eq!(fields[2], "GET /a 200");
+
+    let grep = |args: &[&str]| {
+        let mut all = vec!["grep", "--log", "6"];
+        all.extend(args);
+        dev.run(&all, "")
+    };
+    let out = grep(&["error"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "GET /b 500 error\n");
+    let out = grep(&["-i", "--format", "lsn", "ERROR"]);
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}\tGET /b 500 error\n{}\tPOST /c 503 Error\n",
+            appended[1], appended[2]
+        )
+    );
+    let out = grep(&["--regex", "--format", "json", r" 50\d "]);
+    let objects: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert_eq!(objects[1]["payload"], "POST /c 503 Error");
+    // A literal pattern is not a regex; an unknown regex is refused with the reason.
+    assert_eq!(text(&grep(&[r" 50\d "]).stdout), "");
+    let bad = grep(&["--regex", "(unclosed"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("regex"), "{}", text(&bad.stderr));
+    // Everything is older than now + 1h; nothing is newer.
+    assert_eq!(
+        text(&grep(&["--since", "1h", "GET"]).stdout)
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(text(&grep(&["--from", "now", "GET"]).stdout), "");
+    let stats = grep(&["--stats", "GET"]);
+    assert!(stats.status.success(), "{}", text(&stats.stderr));
+    assert!(
+        text(&stats.stdout).contains("3 of 3 answered"),
+        "{}",
+        text(&stats.stdout)
+    );
+
+    // `log trim` is `trim`.
+    let trimmed = dev.run(
+        &[
+            "log",
+            "trim",
+            "--log",
+            "6",
+            "--upto",
+            &appended[1].to_string(),
+        ],
+        "",
+    );
+    assert!(trimmed.status.success(), "{}", text(&trimmed.stderr));
+    let out = grep(&["-i", "error"]);
+    assert_eq!(text(&out.stdout), "POST /c 503 Error\n");
+    assert!(
+        text(&out.stderr).contains("gap trim"),
+        "{}",
+        text(&out.stderr)
+    );
+    dev.stop();
+}
+
+/// `certs init` makes a CA with node and client certificates that a server and the CLI use,
+/// and never overwrites them without `--force`.
+#[test]
+fn certs_init_creates_refuses_to_overwrite_and_forces() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let init = |extra: &[&str]| {
+        Command::new(TALLY)
+            .args([
+                "certs",
+                "init",
+                "--dir",
+                certs.to_str().unwrap(),
+                "--cluster",
+                "solo",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "node.pem",
+        "node.key",
+        "client.pem",
+        "client.key",
+    ] {
+        assert!(certs.join(f).exists(), "{f}");
+    }
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let again = init(&[]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(certs.join("ca.pem")).unwrap(),
+        ca,
+        "untouched"
+    );
+    let forced = init(&["--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_ne!(std::fs::read(certs.join("ca.pem")).unwrap(), ca, "a new CA");
+
+    // A node and a client with them.
+    let config = dir.path().join("tally.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"solo\"\nnode_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             certs_dir = {:?}\nroles = [\"sequencer\", \"storage\"]\n\n[epoch_store]\nfile = {:?}\n",
+            dir.path().join("data"),
+            certs,
+            dir.path().join("epochstore"),
+        ),
+    )
+    .unwrap();
+    let mut server = Running::spawn(tally(&["server", "--config", config.to_str().unwrap()]));
+    let ready = server.wait_for_line("tally server: node 1 ready on ");
+    let addr = ready["tally server: node 1 ready on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = Target { seed: addr, certs };
+    let created = client.run(&["log", "create", "--log", "5", "--replication", "1"], "");
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    server.terminate("tally server: node 1 stopped");
+}
+
+/// Every command that talks to a cluster takes `--seed` / `TALLY_SEED` and `--certs` /
+/// `TALLY_CERTS`, and says so in its help.
+#[test]
+fn every_client_command_takes_seed_and_certs() {
+    for cmd in [
+        &["append"][..],
+        &["read"],
+        &["tail"],
+        &["find-time"],
+        &["trim"],
+        &["grep"],
+        &["log", "create"],
+        &["log", "show"],
+        &["log", "list"],
+        &["log", "update"],
+        &["log", "trim"],
+        &["bench", "write"],
+        &["bench", "read"],
+    ] {
+        let out = Command::new(TALLY)
+            .args(cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd:?} --help");
+        let help = text(&out.stdout);
+        for flag in ["--seed", "TALLY_SEED", "--certs", "TALLY_CERTS"] {
+            assert!(help.contains(flag), "{cmd:?} --help lacks {flag}:\n{help}");
+        }
+    }
+    let top = Command::new(TALLY).arg("--help").output().unwrap();
+    let top = text(&top.stdout);
+    for sub in [
+        "grep", "certs", "log", "read", "append", "dev", "server", "bench",
+    ] {
+        assert!(top.contains(sub), "tally --help lacks {sub}");
+    }
 }

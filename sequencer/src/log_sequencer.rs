@@ -158,6 +158,21 @@ impl LogSequencer {
         self.recovery_pending
     }
 
+    /// The epoch below which every epoch is known recovered: this sequencer's own once its
+    /// recovery is done; before that, the one after the epoch of the release point it started
+    /// from (the last clean epoch's tail, so that epoch is recovered). A release names it, so
+    /// storage nodes purge what they missed of those epochs before acting on it (DESIGN §7):
+    /// it always covers the epoch of the point released unless that is the running epoch, and
+    /// a re-broadcast during recovery never claims the epochs still being recovered.
+    pub fn recovered_below(&self) -> Epoch {
+        if self.recovery_pending {
+            let after_tail = self.last_released.epoch().next().unwrap_or(self.epoch());
+            after_tail.min(self.epoch())
+        } else {
+            self.epoch()
+        }
+    }
+
     pub fn is_preempted(&self) -> Option<Epoch> {
         self.preempted
     }
@@ -367,7 +382,12 @@ mod tests {
         assert!(s.drain_actions().is_empty());
         assert_eq!(s.last_released(), Lsn::new(Epoch(2), Esn(10)));
         s.tick(t);
-        // Only the old release point is re-broadcast.
+        // Only the old release point is re-broadcast, and it claims no epoch being recovered.
+        assert_eq!(
+            s.recovered_below(),
+            Epoch(3),
+            "epoch 2 holds the clean tail"
+        );
         assert_eq!(
             s.drain_actions(),
             vec![Action::Release {
@@ -376,6 +396,7 @@ mod tests {
             }]
         );
         s.recovery_done(Lsn::new(Epoch(3), Esn(5)), t);
+        assert_eq!(s.recovered_below(), s.epoch());
         let actions = s.drain_actions();
         assert_eq!(
             actions.first(),

@@ -118,6 +118,16 @@ impl EpochWindow {
         Ok(Esn(first))
     }
 
+    /// When the grant starting at `first` was made, while any of its ESNs is above the LNG
+    /// (for the append latency a completion report measures).
+    pub fn granted_at(&self, first: Esn) -> Option<Instant> {
+        let i = self.grants.partition_point(|g| g.first < first.0);
+        self.grants
+            .get(i)
+            .filter(|g| g.first == first.0)
+            .map(|g| g.at)
+    }
+
     /// Marks `first ..= first + count − 1` completed. Returns whether the LNG advanced.
     /// Reports of ESNs already below the LNG are accepted and ignored (retransmissions).
     pub fn complete(&mut self, first: Esn, count: u32) -> Result<bool, CompleteError> {

@@ -404,8 +404,9 @@ impl EpochStore for SlowActivations {
         log: LogId,
         epoch: Epoch,
         tail: Lsn,
+        recovered: Option<tally_common::RecoveredEpoch>,
     ) -> BoxFuture<'_, StoreResult<LogMetadata>> {
-        self.inner.set_last_clean_epoch(log, epoch, tail)
+        self.inner.set_last_clean_epoch(log, epoch, tail, recovered)
     }
     fn register_node(
         &self,

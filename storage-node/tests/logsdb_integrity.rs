@@ -1,6 +1,7 @@
 //! LogsDB integrity: corrupt values are reported (never absent, never data), identity and
 //! lock checks on open, seals and preemption, precedence and amendments through the copyset
-//! index, limits, and the async API with group commit under concurrent durable writers.
+//! index, limits, the async API with group commit under concurrent durable writers, and
+//! removals queued together with writes to the same LSN.
 
 mod support;
 
@@ -330,5 +331,63 @@ fn async_api_and_concurrent_durable_writers() {
         );
     }
     let db = Arc::into_inner(db).expect("no other handle");
+    db.close().unwrap();
+}
+
+/// A removal and writes to the same LSN queued back to back (so the writer usually stages them
+/// in one group commit) apply in queue order: a write after a removal starts from nothing (it
+/// does not merge with the removed copy), and a removal after a write removes it.
+#[test]
+fn removal_and_writes_of_one_lsn_queued_together_apply_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(
+        dir.path(),
+        LogsDbConfig::small_for_tests(),
+        Arc::new(ManualClock::new(T0)),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let log = LogId(21);
+    let (a, b) = (lsn(1, 1), lsn(1, 2));
+    // A recovery copy beats any normal write: were it merged with after its removal, it
+    // would win.
+    let recovered = |l| {
+        record(
+            log,
+            l,
+            T0,
+            RecordFlags::WRITTEN_BY_RECOVERY,
+            1,
+            b"recovered".to_vec(),
+        )
+    };
+    db.store_blocking(vec![recovered(a), recovered(b)], Durability::Durable)
+        .unwrap();
+    rt.block_on(async {
+        let (removed, stored, stored_b, removed_b) = tokio::join!(
+            db.remove_copy(log, a),
+            db.store(vec![plain(log, a, T0, 40)], Durability::Durable),
+            db.store(vec![plain(log, b, T0, 40)], Durability::Durable),
+            db.remove_copy(log, b),
+        );
+        removed.unwrap();
+        stored.unwrap();
+        stored_b.unwrap();
+        removed_b.unwrap();
+    });
+    let items = read_all(&db, log);
+    let [ReadItem::Record(r)] = &items[..] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(r.header.lsn, a);
+    assert_eq!(r.payload, payload_for(log, a, 40));
+    assert!(!r.header.flags.contains(RecordFlags::WRITTEN_BY_RECOVERY));
+    let csi: Vec<_> = db
+        .copysets(log, Lsn::OLDEST, Lsn::MAX)
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(csi.len(), 1);
+    assert_eq!((csi[0].lsn, csi[0].flags), (a, RecordFlags::NONE));
     db.close().unwrap();
 }

@@ -1,7 +1,9 @@
 //! State-machine test of LogsDB against a simple in-memory model: random sequences of stores
 //! (including conflicting writes to one LSN: waves, amendments, recovery writes, hole plugs),
 //! seals, trims, partition rolls, retention passes, reads, `find_time`, `data_size` and
-//! close/reopen. After every step the database must answer exactly like the model.
+//! close/reopen; and bursts of stores queued before any is waited for, so that the writer
+//! thread merges several requests (and several writes to one LSN) in one group commit. After
+//! every step the database must answer exactly like the model.
 
 mod support;
 
@@ -38,10 +40,26 @@ struct W {
 #[derive(Debug, Clone)]
 enum Step {
     Store(Vec<W>, bool),
-    Seal { log: u64, epoch: u32 },
-    Trim { log: u64, epoch: u32, esn: u32 },
-    Read { log: u64, epoch: u32, esn: u32 },
-    FindTime { log: u64, ts_offset: u64 },
+    /// Several stores queued at once, then each acknowledgement awaited in order.
+    Burst(Vec<Vec<W>>, bool),
+    Seal {
+        log: u64,
+        epoch: u32,
+    },
+    Trim {
+        log: u64,
+        epoch: u32,
+        esn: u32,
+    },
+    Read {
+        log: u64,
+        epoch: u32,
+        esn: u32,
+    },
+    FindTime {
+        log: u64,
+        ts_offset: u64,
+    },
     Roll,
     Retention,
     Reopen,
@@ -79,6 +97,8 @@ fn write() -> impl Strategy<Value = W> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         12 => (proptest::collection::vec(write(), 1..4), any::<bool>()).prop_map(|(w, d)| Step::Store(w, d)),
+        4 => (proptest::collection::vec(proptest::collection::vec(write(), 1..3), 2..6), any::<bool>())
+            .prop_map(|(ws, d)| Step::Burst(ws, d)),
         2 => (1u64..3, 1u32..6).prop_map(|(log, epoch)| Step::Seal { log, epoch }),
         2 => (1u64..3, 1u32..5, 0u32..7).prop_map(|(log, epoch, esn)| Step::Trim { log, epoch, esn }),
         3 => (1u64..3, 0u32..5, 0u32..7).prop_map(|(log, epoch, esn)| Step::Read { log, epoch, esn }),
@@ -303,6 +323,35 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(seal, want)
                     }
                     (got, want) => prop_assert!(false, "store: db {:?}, model {:?}", got, want),
+                }
+            }
+            Step::Burst(stores, durable) => {
+                let durability = if durable {
+                    Durability::Durable
+                } else {
+                    Durability::Fast
+                };
+                let mut queued = Vec::new();
+                for (k, ws) in stores.iter().enumerate() {
+                    // Distinct payloads per store, so the model sees which write won.
+                    let records: Vec<LogRecord> =
+                        ws.iter().map(|w| to_record(w, i * 16 + k)).collect();
+                    let ticket = d
+                        .submit_store_blocking(records.clone(), durability)
+                        .unwrap();
+                    queued.push((ticket, records));
+                }
+                // The writer applies queued requests in order: the model does the same.
+                for (ticket, records) in queued {
+                    match (ticket.wait(), model.store(records)) {
+                        (Ok(()), Ok(())) => {}
+                        (Err(LogsDbError::Preempted { seal, .. }), Err(want)) => {
+                            prop_assert_eq!(seal, want)
+                        }
+                        (got, want) => {
+                            prop_assert!(false, "burst store: db {:?}, model {:?}", got, want)
+                        }
+                    }
                 }
             }
             Step::Seal { log, epoch } => {

@@ -33,8 +33,16 @@ async fn ping_and_monotone_release() {
     let release = |lsn_a: Lsn, lsn_b: Lsn| NodeRequest::Release {
         sequencer: SEQ,
         releases: vec![
-            Release { log: a, lsn: lsn_a },
-            Release { log: b, lsn: lsn_b },
+            Release {
+                log: a,
+                lsn: lsn_a,
+                epoch: lsn_a.epoch(),
+            },
+            Release {
+                log: b,
+                lsn: lsn_b,
+                epoch: lsn_b.epoch(),
+            },
         ],
     };
     let resp = peer
@@ -68,6 +76,7 @@ async fn seal_is_durable_and_answers_the_tail_of_the_sealed_range() {
         releases: vec![Release {
             log,
             lsn: lsn(3, 2),
+            epoch: Epoch(3),
         }],
     };
     assert_eq!(
@@ -80,6 +89,7 @@ async fn seal_is_durable_and_answers_the_tail_of_the_sealed_range() {
         lng: Esn(2),
         tail: lsn(3, 4),
         last_released: lsn(3, 2),
+        data_loss: false,
     };
     assert_eq!(peer.call(fx.addr, &seal(log, 4), T).await.unwrap(), want);
     // Sealing at the same epoch again is answered the same way; below it is preempted.
@@ -274,4 +284,61 @@ async fn requests_past_their_deadline_do_no_work() {
     let resp = fx.node.handle_client(ctx, store).await;
     assert!(matches!(resp, Some(ClientResponse::Error(e)) if e.code == ErrorCode::Timeout));
     assert!(fx.records(log).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_sends_a_corrupt_copy_as_evidence_not_as_data_or_nothing() {
+    let fx = start(|_| {}).await;
+    let log = LogId(9);
+    let store = tally_common::wire::client::ClientRequest::Store(batch(log, 3, 1..=4));
+    fx.client().call(fx.addr, &store, T).await.unwrap();
+    let (dir, store) = fx.stop().await;
+
+    // Flip one payload byte of e3n2 behind LogsDB's back.
+    {
+        use tally_storage_node::logsdb::Db;
+        let db_path = dir.path().join("data").join("db");
+        let opts = rocksdb::Options::default();
+        let cfs = Db::list_cf(&opts, &db_path).unwrap();
+        let raw = Db::open_cf(&opts, &db_path, &cfs).unwrap();
+        let mut key = vec![b'd'];
+        key.extend_from_slice(&log.to_be_bytes());
+        key.extend_from_slice(&lsn(3, 2).to_be_bytes());
+        let (cf, mut value) = cfs
+            .iter()
+            .filter(|name| name.starts_with('p'))
+            .find_map(|name| {
+                let cf = raw.cf_handle(name)?;
+                raw.get_cf(&cf, &key).unwrap().map(|v| (name.clone(), v))
+            })
+            .expect("e3n2 is stored in some partition");
+        let at = value.len() - 10;
+        value[at] ^= 0x01;
+        raw.put_cf(&raw.cf_handle(&cf).unwrap(), &key, &value)
+            .unwrap();
+    }
+
+    let fx = restart(dir, store, |_| {}).await;
+    let start_digest = NodeRequest::StartDigest {
+        log,
+        epoch: Epoch(3),
+        after: Esn(0),
+    };
+    let mut stream = fx.peer().open(fx.addr, &start_digest, T).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match stream.next().await.unwrap() {
+            Some(NodeResponse::DigestRecords(records)) => got.extend(records),
+            Some(NodeResponse::DigestDone) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let lsns: Vec<Lsn> = got.iter().map(|r| r.header.lsn).collect();
+    assert_eq!(lsns, (1..=4).map(|n| lsn(3, n)).collect::<Vec<_>>());
+    let damaged = &got[1];
+    assert_eq!(damaged.header.flags, RecordFlags::AMEND, "evidence only");
+    assert!(damaged.payload.is_empty());
+    for r in [&got[0], &got[2], &got[3]] {
+        assert_eq!(r.payload, payload_for(log, r.header.lsn));
+    }
 }

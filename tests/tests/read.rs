@@ -447,14 +447,24 @@ async fn find_time_is_exact_across_partition_boundaries() -> anyhow::Result<()> 
         }
         appended.extend(append_n(&client, LOG, tag, 15).await);
     }
-    for id in cluster.storage_ids() {
-        let db = cluster.logsdb(id).expect("storage node runs");
-        let holding = db.directory(LOG).len();
-        assert!(
-            holding >= 2,
-            "node {id} holds the log in {holding} partitions"
-        );
-    }
+    // Every group has copies on R = 2 of the 3 nodes, so at least two nodes hold copies of
+    // two groups or more, in as many partitions. (A node may miss whole groups: a client
+    // graylists a node that answers slowly, as a loaded machine makes it.)
+    let holdings: Vec<usize> = cluster
+        .storage_ids()
+        .into_iter()
+        .map(|id| {
+            cluster
+                .logsdb(id)
+                .expect("storage node runs")
+                .directory(LOG)
+                .len()
+        })
+        .collect();
+    assert!(
+        holdings.iter().filter(|h| **h >= 2).count() >= 2,
+        "partitions holding the log, per node: {holdings:?}"
+    );
     let last = appended.last().unwrap().0;
     let got = read_all(client.read(LOG, upto(last)).await?).await;
     let stamped = stamped(&got);

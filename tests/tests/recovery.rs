@@ -162,6 +162,30 @@ impl Raw {
         }
     }
 
+    /// Stores the first LSN of `grant` on every node of `copyset` and reports it to the
+    /// sequencer `seq`, as a client's successful append does.
+    async fn appended(
+        &self,
+        cluster: &TestCluster,
+        seq: NodeId,
+        grant: &Grant,
+        copyset: &[NodeId],
+        payload: &[u8],
+    ) {
+        self.store_all(cluster, grant, 0, copyset, payload).await;
+        let report = ClientRequest::ReportStored {
+            log: grant.log,
+            first: grant.first,
+            count: 1,
+            copyset: Copyset::new(copyset.to_vec()).unwrap(),
+            wave: 1,
+        };
+        assert_eq!(
+            self.call(addr(cluster, seq), report).await,
+            ClientResponse::Ack
+        );
+    }
+
     /// Seals `log` at `epoch` on storage node `node`, as a newer sequencer's recovery would.
     async fn seal(&self, cluster: &TestCluster, node: NodeId, log: LogId, epoch: Epoch) {
         let req = NodeRequest::Seal {
@@ -461,19 +485,8 @@ async fn unstored_grants_become_hole_plugs_and_the_epoch_is_bridged() -> anyhow:
     // Another client cannot reach A and asks B to take over.
     let g2 = raw.grant(addr(&cluster, b), log, 1, true).await;
     assert_eq!(g2.first, lsn(2, 1));
-    raw.store_all(&cluster, &g2, 0, &[s[0], s[2]], b"new epoch")
+    raw.appended(&cluster, b, &g2, &[s[0], s[2]], b"new epoch")
         .await;
-    let report = ClientRequest::ReportStored {
-        log,
-        first: g2.first,
-        count: 1,
-        copyset: Copyset::new(vec![s[0], s[2]]).unwrap(),
-        wave: 1,
-    };
-    assert_eq!(
-        raw.call(addr(&cluster, b), report).await,
-        ClientResponse::Ack
-    );
 
     let seq_b = cluster.sequencer(b).context("B runs")?;
     wait_recovered(&seq_b, log).await;
@@ -715,5 +728,137 @@ async fn every_unclean_epoch_is_recovered_oldest_first() -> anyhow::Result<()> {
     );
     assert_eq!(stats.restarts, 0, "{stats:?}");
     wait_released(&cluster, log, lsn(2, 1)).await;
+    cluster.shutdown().await
+}
+
+/// DESIGN §7 purging. A storage node down during a recovery misses it: it still holds copies
+/// the recovery overruled (a record where the others got a hole plug, and one at the bridge's
+/// ESN). When it comes back, the first release by the new epoch's sequencer makes it purge
+/// them (what recovery decided comes from the epoch store) before it releases anything, so no
+/// reader ever gets those records; everything acknowledged stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_recovery_purges_what_it_overruled() -> anyhow::Result<()> {
+    let mut cluster = start(4, 2, quick_recovery).await;
+    let (a, b) = (NodeId(1), NodeId(2));
+    let log = cluster.create_log_owned_by(a, R).await?;
+    let raw = Raw::new(&cluster);
+    let s = cluster.storage_ids();
+    let late = s[3];
+
+    // A client takes e1n1..e1n4: n1 and n3 are acknowledged (R copies); n2 and n4 reached only
+    // `late`, which then goes down.
+    let g = raw.grant(addr(&cluster, a), log, 4, false).await;
+    assert_eq!(g.first, lsn(1, 1));
+    raw.store_all(&cluster, &g, 0, &[s[0], s[1]], b"one").await;
+    raw.store_all(&cluster, &g, 1, &[late], b"overruled two")
+        .await;
+    raw.store_all(&cluster, &g, 2, &[s[1], s[2]], b"three")
+        .await;
+    raw.store_all(&cluster, &g, 3, &[late], b"overruled four")
+        .await;
+    cluster.stop(late).await?;
+    cluster.stop(a).await?;
+
+    // B takes over and recovers epoch 1 from the three other nodes: a hole plug at n2, the
+    // bridge at n4.
+    let g2 = raw.grant(addr(&cluster, b), log, 1, true).await;
+    assert_eq!(g2.first, lsn(2, 1));
+    raw.appended(&cluster, b, &g2, &[s[0], s[2]], b"new epoch")
+        .await;
+    let seq_b = cluster.sequencer(b).context("B runs")?;
+    wait_recovered(&seq_b, log).await;
+    let meta = cluster.store().get_log(log).await?;
+    assert_eq!(meta.last_clean_tail, lsn(1, 4), "bridge at n4");
+    let decided = meta.recovered_epoch(Epoch(1)).copied();
+    assert!(
+        decided.is_some_and(|d| d.authoritative && d.seal == Epoch(1)),
+        "the epoch store keeps what the recovery decided: {decided:?}"
+    );
+    wait_released(&cluster, log, g2.first).await;
+
+    // `late` comes back holding what the recovery overruled; B's release reaches it.
+    cluster.restart(late).await?;
+    wait_released(&cluster, log, g2.first).await;
+    let node = cluster.storage(late).context("late runs")?;
+    assert_eq!(
+        node.purge_stats().purged_copies,
+        2,
+        "{:?}",
+        node.purge_stats()
+    );
+    let db = cluster.logsdb(late).context("late runs")?;
+    assert!(
+        db.log_meta(log).seal >= Epoch(1),
+        "epoch 1 is closed on the purged node too"
+    );
+    let all = held(&cluster, log);
+    for overruled in [lsn(1, 2), lsn(1, 4)] {
+        assert!(
+            all[&overruled]
+                .iter()
+                .all(|c| c.flags.contains(RecordFlags::WRITTEN_BY_RECOVERY)),
+            "{overruled} holds only recovery's writes: {:?}",
+            all[&overruled]
+        );
+    }
+    let acked: BTreeMap<Lsn, Vec<u8>> = [
+        (lsn(1, 1), b"one".to_vec()),
+        (lsn(1, 3), b"three".to_vec()),
+        (g2.first, b"new epoch".to_vec()),
+    ]
+    .into();
+    assert_fully_replicated(&all, &acked);
+
+    // What `late` itself ships to a reader of epoch 1 and the new record: none of the
+    // overruled records (a reader may take a record from whichever node answers first).
+    let start_read = ClientRequest::StartRead {
+        log,
+        from: Lsn::OLDEST,
+        until: g2.first,
+        window_until: g2.first,
+        filter: Default::default(),
+    };
+    let mut stream = raw
+        .client
+        .open(addr(&cluster, late), &start_read, CALL)
+        .await?;
+    let mut shipped = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, stream.next()).await?? {
+            Some(ClientResponse::Records(records)) => {
+                shipped.extend(records.into_iter().map(|r| (r.header.lsn, r.header.flags)))
+            }
+            Some(ClientResponse::Gap { .. }) => {}
+            Some(ClientResponse::ReadDone) | None => break,
+            Some(other) => panic!("unexpected answer on a read stream: {other:?}"),
+        }
+    }
+    assert!(
+        shipped.iter().all(|(l, _)| l.epoch() != Epoch(1)),
+        "the purged node ships nothing of epoch 1: {shipped:?}"
+    );
+
+    // A reader hearing from every copy (no single-copy delivery) gets exactly the acked
+    // records, the hole plug and the bridge.
+    let client = cluster.client().await?;
+    let options = tally_client::ReadOptions {
+        single_copy: false,
+        ..tally_client::ReadOptions::range(
+            tally_client::ReadFrom::Oldest,
+            tally_client::ReadUntil::Lsn(g2.first),
+        )
+    };
+    let mut reader = client.read(log, options).await?;
+    let mut got = BTreeMap::new();
+    while let Some(d) = tokio::time::timeout(WAIT, reader.next())
+        .await
+        .context("reader stalled")?
+    {
+        if let tally_client::Delivery::Record(r) = d? {
+            got.insert(r.header.lsn, r.payload);
+        }
+    }
+    assert_eq!(got, acked);
+    client.close().await;
     cluster.shutdown().await
 }

@@ -104,30 +104,33 @@ fn a_seed_replays_exactly() {
     }
 }
 
-/// Known gap, kept visible: `storage-node` does not implement DESIGN §7 purging yet. A node
-/// that missed an epoch's recovery (down, or its digest too late) keeps copies the recovery
-/// never saw and overruled — records at and past the epoch's bridge, some from a zombie
-/// sequencer's late grants — and readers that hear from it first deliver those records where
-/// every other reader gets the bridge. The default configuration models the designed purging;
-/// without it the simulator finds such runs (seeds 1392, 2178, 2820 and 3215 at the time of
-/// writing, durable and fast mode alike). Ignored because it takes a few hundred seeds; it
-/// passes when the disagreement is found.
+/// Negative control for DESIGN §7 purging (`storage-node/src/server/purge.rs`, modelled in the
+/// simulator's storage nodes). A node that missed an epoch's recovery (down, or its digest too
+/// late) keeps copies the recovery never saw and overruled — records at and past the epoch's
+/// bridge, some from a zombie sequencer's late grants — and without purging, readers that hear
+/// from it first deliver those records where every other reader gets the bridge. These seeds
+/// were found that way (durable and fast mode alike): each must fail without purging, with a
+/// reader disagreement, and pass with it.
 #[test]
-#[ignore = "storage-node does not purge after a missed recovery yet (DESIGN §7): slow scan"]
 fn without_purging_readers_disagree() {
-    let config = SimConfig {
+    const SEEDS: [u64; 4] = [1392, 2178, 2820, 3215];
+    let without = SimConfig {
         purge_missed_recoveries: false,
         ..SimConfig::default()
     };
-    let found = (1_000..6_000).find_map(|seed| {
-        let report = sim::run(seed, &config);
-        (!report.passed()).then_some(report)
-    });
-    let report = found.expect("no disagreement found in 5000 seeds without purging");
-    eprintln!("{}", report.failure_message(&config));
-    assert!(
-        report.violations.iter().any(|v| v.contains(" gap for ")),
-        "{:?}",
-        report.violations
-    );
+    for seed in SEEDS {
+        let report = sim::run(seed, &without);
+        assert!(!report.passed(), "seed {seed} passed without purging");
+        assert!(
+            report.violations.iter().any(|v| v.contains(" gap for ")),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        let with = sim::run(seed, &SimConfig::default());
+        assert!(
+            with.passed(),
+            "{}",
+            with.failure_message(&SimConfig::default())
+        );
+    }
 }

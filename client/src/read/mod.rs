@@ -31,14 +31,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tally_common::wire::FindTimeAccuracy;
+use tally_common::wire::{FindTimeAccuracy, MAX_FILTER_REGEX_BYTES};
 use tally_common::{LogId, Lsn, NodeId};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminError};
 use crate::client::Client;
 pub use crate::reader::Delivery;
+pub use crate::reader::RecordFilter;
 use crate::reader::{ReadStream, ReadStreamConfig, ReadStreamError};
+
+/// The compiled-size bound storage nodes put on a filter regex (checked here first).
+const FILTER_REGEX_SIZE_LIMIT_BYTES: usize = 256 << 10;
 
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +85,11 @@ pub struct ReadOptions {
     pub grace: Duration,
     /// Deliveries that may wait for the application (records and gaps).
     pub buffer: usize,
+    /// Server-side time and payload filter (default: every record). Nodes ship only the
+    /// records that pass it; the reader then runs all-send-all and delivers
+    /// [`GapKind::Filtered`](tally_common::wire::GapKind::Filtered) gaps where nothing
+    /// passes (see [`crate::reader::ReadStream`]).
+    pub filter: RecordFilter,
 }
 
 impl Default for ReadOptions {
@@ -93,6 +102,7 @@ impl Default for ReadOptions {
             single_copy: true,
             grace: ReadStreamConfig::DEFAULT_GRACE,
             buffer: 64,
+            filter: RecordFilter::default(),
         }
     }
 }
@@ -118,6 +128,22 @@ impl ReadOptions {
         if self.grace.is_zero() {
             return bad("grace must be greater than zero");
         }
+        let f = &self.filter;
+        if f.min_timestamp_ms > f.max_timestamp_ms {
+            return bad("the filter's time range is empty");
+        }
+        if f.payload_regex.len() > MAX_FILTER_REGEX_BYTES {
+            return bad("the filter's regex is too long");
+        }
+        if !f.payload_regex.is_empty() {
+            // The nodes compile it with the same bound; refusing it here gives the reason
+            // at once instead of streams refused by every node.
+            regex::bytes::RegexBuilder::new(&f.payload_regex)
+                .size_limit(FILTER_REGEX_SIZE_LIMIT_BYTES)
+                .dfa_size_limit(FILTER_REGEX_SIZE_LIMIT_BYTES)
+                .build()
+                .map_err(|e| ReadError::InvalidOptions(format!("bad filter regex: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -127,12 +153,21 @@ impl ReadOptions {
 pub enum ReadError {
     /// The log does not exist (or was deleted while being read).
     #[error("log {log} does not exist")]
-    LogNotFound { log: LogId },
+    LogNotFound {
+        /// The log asked for.
+        log: LogId,
+    },
     /// An explicit `from` LSN is past an explicit `until` LSN. (A start resolved from a time,
     /// or an end resolved as the tail, that leaves nothing to read gives a reader that ends
     /// at once instead.)
     #[error("empty read range {from}..={until}")]
-    EmptyRange { from: Lsn, until: Lsn },
+    EmptyRange {
+        /// The first LSN asked for.
+        from: Lsn,
+        /// The last LSN asked for.
+        until: Lsn,
+    },
+    /// A [`ReadOptions`] value is out of range (the message says which).
     #[error("invalid read options: {0}")]
     InvalidOptions(String),
     /// Resolving the start (metadata, tail, time) failed; retry later.
@@ -186,9 +221,11 @@ type Item = Result<Delivery, ReadError>;
 pub struct ReaderStats {
     /// Record copies received from nodes (duplicates and bad copies included).
     pub records_received: u64,
+    /// Payload bytes of those copies.
     pub payload_bytes_received: u64,
     /// Records handed to the application.
     pub records_delivered: u64,
+    /// Payload bytes of those records.
     pub payload_bytes_delivered: u64,
     /// Times the reader reopened every node stream (down nodes, suspected gaps).
     pub rewinds: u64,
@@ -358,6 +395,7 @@ impl Client {
             grace: options.grace,
             single_copy: options.single_copy,
             shuffle_seed: rand::random(),
+            record_filter: options.filter.clone(),
         };
         let stream = ReadStream::new(config, &meta).map_err(|e| match e {
             ReadStreamError::EmptyRange { from, until } => ReadError::EmptyRange { from, until },

@@ -19,5 +19,6 @@ mod tests;
 
 pub use read_stream::ReadStream;
 pub use types::{
-    Action, Delivery, ReadStats, ReadStreamConfig, ReadStreamError, RewindReason, StreamId,
+    Action, Delivery, ReadStats, ReadStreamConfig, ReadStreamError, RecordFilter, RewindReason,
+    StreamId,
 };

@@ -30,8 +30,20 @@
 //! that created it; events of closed streams are ignored, which is what makes rewinds safe
 //! against messages still in flight. Grace periods start at the first `on_tick` after the
 //! f-majority was reached, so they are never shorter than configured; tick at least every
-//! few tens of milliseconds. Server-side payload or time filters are not supported here:
-//! nodes that skip records would make absence proofs wrong.
+//! few tens of milliseconds.
+//!
+//! Filtered reads ([`ReadStreamConfig::record_filter`], `tally grep`): nodes skip records
+//! outside the time range or whose payload does not match, and their progress covers what
+//! they skipped, so an f-majority proof over a range now says "no record here *passes the
+//! filter*" — a matching record has a copy on some node of every f-majority, and that node
+//! ships it. Two rules change: such a range inside an epoch is a `Filtered` gap, never
+//! `DataLoss` (a skipped record and a lost one look the same to the reader: loss is for an
+//! unfiltered read to report), and the read runs all-send-all throughout, because in
+//! single-copy mode a shipper's silence about a record cannot tell "did not match" from
+//! "has no good copy", and every non-matching record would cost a rewind. Hole plugs and
+//! bridges are not filtered, so `Hole` and `Bridge` gaps are typed as usual. And since gaps
+//! are everywhere in a filtered read, it does not wait out the grace period for nodes known
+//! down once every other node has answered (an authoritative f-majority is still required).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -141,6 +153,10 @@ impl ReadStream {
         }
         let start = from.prev();
         let window_until = Lsn(start.0.saturating_add(config.window)).min(config.until);
+        let mut config = config;
+        if !config.record_filter.is_everything() {
+            config.single_copy = false;
+        }
         let mut stream = ReadStream {
             single_copy_now: config.single_copy,
             history: metadata.history.clone(),
@@ -176,6 +192,7 @@ impl ReadStream {
         self.delivered_through.next()
     }
 
+    /// Whether every LSN up to `until` was delivered.
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -190,6 +207,7 @@ impl ReadStream {
         self.stalled.as_ref().map(|(at, w)| (*at, w.as_slice()))
     }
 
+    /// The stream's counters so far.
     pub fn stats(&self) -> ReadStats {
         self.stats
     }
@@ -416,9 +434,9 @@ impl ReadStream {
             single_copy: self.single_copy_now,
             shuffle_seed: self.config.shuffle_seed,
             known_down: self.down.union(&self.slow).copied().collect(),
-            min_timestamp_ms: 0,
-            max_timestamp_ms: u64::MAX,
-            payload_regex: String::new(),
+            min_timestamp_ms: self.config.record_filter.min_timestamp_ms,
+            max_timestamp_ms: self.config.record_filter.max_timestamp_ms,
+            payload_regex: self.config.record_filter.payload_regex.clone(),
         }
     }
 
@@ -615,6 +633,9 @@ impl ReadStream {
                     self.rewind(false, RewindReason::SuspectedGap);
                     break;
                 }
+                Some((GapKind::DataLoss, to)) if !self.config.record_filter.is_everything() => {
+                    self.deliver_gap(GapKind::Filtered, next, to)
+                }
                 Some((kind, to)) => self.deliver_gap(kind, next, to),
                 None => {
                     if self.single_copy_now && self.every_live_node_passed(next) {
@@ -691,8 +712,19 @@ impl ReadStream {
             });
         }
         let expired = self.grace.is_some_and(|g| g.expired);
+        let filtered = !self.config.record_filter.is_everything();
         let proved = if expired {
             authoritative
+        } else if filtered && !self.down.is_empty() {
+            // A filtered read proves a gap at every run of non-matching records: waiting out
+            // the grace period for nodes known down (which cannot ship anything) at each one
+            // would cost it per run. Every node that is up has answered is enough, on top of
+            // the authoritative f-majority already required.
+            let live: BTreeMap<NodeId, Lsn> = passed
+                .iter()
+                .map(|(n, p)| (*n, if self.down.contains(n) { Lsn::MAX } else { *p }))
+                .collect();
+            gap::proved_through(&mut view.checker, &live, next, Proof::Complete)?.min(authoritative)
         } else {
             gap::proved_through(&mut view.checker, &passed, next, Proof::Complete)?
         };
@@ -725,7 +757,7 @@ impl ReadStream {
     }
 
     fn deliver_gap(&mut self, kind: GapKind, from: Lsn, to: Lsn) {
-        if matches!(kind, GapKind::Hole | GapKind::DataLoss) {
+        if matches!(kind, GapKind::Hole | GapKind::DataLoss | GapKind::Filtered) {
             self.mark_epoch_used(from);
         }
         self.deliveries.push_back(Delivery::Gap { kind, from, to });

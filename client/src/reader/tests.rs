@@ -32,6 +32,7 @@ pub(super) fn metadata(entries: &[(u32, &[u32], u8)], current: u32) -> LogMetada
             .collect(),
         last_clean_epoch: Epoch(current.saturating_sub(1)),
         last_clean_tail: Lsn::INVALID,
+        recovered: Vec::new(),
         attributes: LogAttributes::default(),
     }
 }
@@ -851,4 +852,99 @@ fn bad_configs_are_refused() {
         ReadStream::new(cfg, &meta).unwrap_err(),
         ReadStreamError::ZeroWindow
     );
+}
+
+/// A filtered read (`tally grep`): nodes skip what does not match, so ranges every node
+/// passed without a record are `Filtered`, never `DataLoss`; the read runs all-send-all
+/// (no rewinds, every stream carries the filter), and hole plugs are still holes.
+#[test]
+fn filtered_reads_type_skipped_ranges_as_filtered_and_run_all_send_all() {
+    let mut config = config(lsn(1, 1), lsn(1, 8));
+    config.single_copy = true;
+    config.record_filter = crate::reader::RecordFilter {
+        min_timestamp_ms: 0,
+        max_timestamp_ms: 99,
+        payload_regex: "r".into(),
+    };
+    let mut h = Harness::new(config, &three_nodes());
+    let filters: Vec<_> = h
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::OpenStream { filter, .. } => Some(filter),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(filters.len(), 3);
+    for f in &filters {
+        assert!(!f.single_copy, "filtered reads are all-send-all");
+        assert_eq!(
+            (
+                f.min_timestamp_ms,
+                f.max_timestamp_ms,
+                f.payload_regex.as_str()
+            ),
+            (0, 99, "r")
+        );
+    }
+    // LSN 3 matches (two copies); 1, 2 and 4 did not; 5 is a hole plug; 6..8 did not.
+    h.records(0, vec![rec(lsn(1, 3)), plug(lsn(1, 5))]);
+    h.records(1, vec![rec(lsn(1, 3))]);
+    h.no_records(1, lsn(1, 4), lsn(1, 8));
+    h.records(2, vec![plug(lsn(1, 5))]);
+    h.no_records(2, lsn(1, 6), lsn(1, 8));
+    h.no_records(0, lsn(1, 6), lsn(1, 8));
+    assert_eq!(
+        h.out,
+        vec![
+            gap(GapKind::Filtered, lsn(1, 1), lsn(1, 2)),
+            Delivery::Record(rec(lsn(1, 3))),
+            gap(GapKind::Filtered, lsn(1, 4), lsn(1, 4)),
+            gap(GapKind::Hole, lsn(1, 5), lsn(1, 5)),
+            gap(GapKind::Filtered, lsn(1, 6), lsn(1, 8)),
+        ]
+    );
+    assert_eq!(h.rs.stats().rewinds, 0);
+    assert!(h.rs.is_done());
+}
+
+/// A filtered read proves a gap at every run of non-matching records: with a node known
+/// down it does not wait out the grace period at each (the other two are an f-majority and
+/// every live node answered), while an unfiltered read still does.
+#[test]
+fn filtered_reads_do_not_wait_for_down_nodes_at_every_gap() {
+    let mut config = config(lsn(1, 1), lsn(1, 4));
+    config.record_filter.payload_regex = "r".into();
+    let mut h = Harness::new(config, &three_nodes());
+    h.rs.on_node_down(NodeId(2));
+    h.pump();
+    h.records(0, vec![rec(lsn(1, 2))]);
+    h.no_records(0, lsn(1, 3), lsn(1, 4));
+    h.no_records(1, lsn(1, 1), lsn(1, 4));
+    assert_eq!(
+        h.out,
+        vec![
+            gap(GapKind::Filtered, lsn(1, 1), lsn(1, 1)),
+            Delivery::Record(rec(lsn(1, 2))),
+            gap(GapKind::Filtered, lsn(1, 3), lsn(1, 4)),
+        ],
+        "no tick needed"
+    );
+
+    let mut h = Harness::new(config_unfiltered(), &three_nodes());
+    h.rs.on_node_down(NodeId(2));
+    h.pump();
+    h.records(0, vec![rec(lsn(1, 2))]);
+    h.no_records(1, lsn(1, 1), lsn(1, 4));
+    assert!(
+        h.out.is_empty(),
+        "an unfiltered read waits for the grace period"
+    );
+    h.tick(1);
+    h.tick(ReadStreamConfig::DEFAULT_GRACE.as_millis() as u64 + 1);
+    assert_eq!(h.out[0], gap(GapKind::DataLoss, lsn(1, 1), lsn(1, 1)));
+}
+
+fn config_unfiltered() -> ReadStreamConfig {
+    config(lsn(1, 1), lsn(1, 4))
 }

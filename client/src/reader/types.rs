@@ -12,6 +12,7 @@ use tally_common::{Epoch, LogId, Lsn, NodeId};
 /// What to read and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadStreamConfig {
+    /// The log to read.
     pub log: LogId,
     /// First LSN to deliver (inclusive).
     pub from: Lsn,
@@ -25,10 +26,47 @@ pub struct ReadStreamConfig {
     pub single_copy: bool,
     /// Seed for the nodes' copyset shuffle in single-copy mode.
     pub shuffle_seed: u64,
+    /// Server-side time and payload filter (`tally grep`); [`RecordFilter::default`] passes
+    /// everything. A filtered read runs all-send-all whatever `single_copy` says, and types
+    /// proved-absent ranges inside an epoch `Filtered` instead of `DataLoss` (see
+    /// [`super::ReadStream`]).
+    pub record_filter: RecordFilter,
+}
+
+/// Which records a filtered read wants: timestamps in `min_timestamp_ms ..= max_timestamp_ms`
+/// and payloads matching `payload_regex` (Rust `regex` syntax, on bytes; empty: any).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordFilter {
+    /// Earliest record timestamp wanted (ms since the Unix epoch, inclusive).
+    pub min_timestamp_ms: u64,
+    /// Latest record timestamp wanted (ms since the Unix epoch, inclusive).
+    pub max_timestamp_ms: u64,
+    /// Payload pattern; empty matches every payload.
+    pub payload_regex: String,
+}
+
+impl Default for RecordFilter {
+    /// Every record.
+    fn default() -> RecordFilter {
+        RecordFilter {
+            min_timestamp_ms: 0,
+            max_timestamp_ms: u64::MAX,
+            payload_regex: String::new(),
+        }
+    }
+}
+
+impl RecordFilter {
+    /// Whether the filter passes every record (an ordinary read).
+    pub fn is_everything(&self) -> bool {
+        *self == RecordFilter::default()
+    }
 }
 
 impl ReadStreamConfig {
+    /// Default `window`: LSNs each node may ship ahead.
     pub const DEFAULT_WINDOW: u64 = 512;
+    /// Default `grace`: the wait for the rest of the node set after an f-majority.
     pub const DEFAULT_GRACE: Duration = Duration::from_millis(100);
 
     /// All-send-all read of `from ..= until` with default window and grace period.
@@ -41,6 +79,7 @@ impl ReadStreamConfig {
             grace: Self::DEFAULT_GRACE,
             single_copy: false,
             shuffle_seed: 0,
+            record_filter: RecordFilter::default(),
         }
     }
 }
@@ -48,8 +87,15 @@ impl ReadStreamConfig {
 /// Why a read stream cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadStreamError {
+    /// `from` is past `until`.
     #[error("empty read range {from}..={until}")]
-    EmptyRange { from: Lsn, until: Lsn },
+    EmptyRange {
+        /// The first LSN asked for.
+        from: Lsn,
+        /// The last LSN asked for.
+        until: Lsn,
+    },
+    /// `window` is 0.
     #[error("the read window must be at least one LSN")]
     ZeroWindow,
 }
@@ -58,18 +104,24 @@ pub enum ReadStreamError {
 /// messages of the old one can be told apart and dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
+    /// The node the stream reads from.
     pub node: NodeId,
+    /// Which of that node's streams (counts up on every reopen).
     pub incarnation: u64,
 }
 
 /// What the application receives, in strictly increasing LSN order with no LSN left out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivery {
+    /// A record, checksum verified.
     Record(ReadRecord),
     /// No record in `from ..= to`, for the reason `kind` (never `NoRecords`).
     Gap {
+        /// Why there is no record (see [`GapKind`]).
         kind: GapKind,
+        /// First LSN of the gap.
         from: Lsn,
+        /// Last LSN of the gap (inclusive).
         to: Lsn,
     },
 }
@@ -112,31 +164,55 @@ pub enum RewindReason {
 pub enum Action {
     /// Send `StartRead` to `stream.node` (see [`Action::request`]).
     OpenStream {
+        /// The stream (node and incarnation) to open.
         stream: StreamId,
+        /// First LSN the node should ship.
         from: Lsn,
+        /// Last LSN the node should ship.
         until: Lsn,
+        /// How far the node may ship before the next window update.
         window_until: Lsn,
+        /// Server-side filter (single copy, known-down nodes, record filter).
         filter: ReadFilter,
     },
     /// Send `ReadWindow { until }` on the stream.
-    SendWindow { stream: StreamId, until: Lsn },
+    SendWindow {
+        /// The stream.
+        stream: StreamId,
+        /// The new end of its window.
+        until: Lsn,
+    },
     /// Send `StopRead` and drop the stream; ignore whatever else it sends.
-    CloseStream { stream: StreamId },
+    CloseStream {
+        /// The stream.
+        stream: StreamId,
+    },
     /// Informational (logs, metrics): every stream was reopened from `from`. The
     /// `CloseStream` / `OpenStream` actions that do it follow.
     Rewind {
+        /// Where the streams were reopened.
         from: Lsn,
+        /// Whether they were reopened in single-copy mode.
         single_copy: bool,
         /// The known-down list of the reopened streams' filters (down and slow nodes).
         known_down: Vec<NodeId>,
+        /// Why.
         reason: RewindReason,
     },
     /// The node set of `epoch` is needed: fetch the log's metadata and call
     /// [`ReadStream::on_epoch_metadata`](super::ReadStream::on_epoch_metadata).
-    FetchMetadata { epoch: Epoch },
+    FetchMetadata {
+        /// The epoch whose node set is missing.
+        epoch: Epoch,
+    },
     /// The reader cannot decide `at` without nodes it cannot hear from; it waits (reported
     /// again whenever the position or the set changes).
-    Stalled { at: Lsn, waiting_for: Vec<NodeId> },
+    Stalled {
+        /// The next LSN to deliver.
+        at: Lsn,
+        /// The nodes whose answers are needed.
+        waiting_for: Vec<NodeId>,
+    },
     /// Every LSN up to `until` was delivered; all streams are closed.
     Done,
 }
@@ -176,5 +252,6 @@ pub struct ReadStats {
     pub stale_messages: u64,
     /// Records beyond the stream's window or `until` (a misbehaving node).
     pub out_of_window: u64,
+    /// Times every stream was reopened.
     pub rewinds: u64,
 }

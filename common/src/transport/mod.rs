@@ -22,7 +22,7 @@ pub use client::{ClientStream, Connector, ControlSink, PushSource};
 #[cfg(feature = "fault-injection")]
 pub use endpoint::FAULTS_FILE_ENV;
 pub use framing::Frame;
-pub use server::{PushSink, RequestContext, Server, ServerStream, Service};
+pub use server::{ConnectionCount, PushSink, RequestContext, Server, ServerStream, Service};
 pub use tls::{
     CertKind, NODE_SERVER_NAME, TlsError, TlsIdentity, generate_cluster_certs, issue_cert,
 };

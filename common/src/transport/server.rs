@@ -400,9 +400,21 @@ impl ServerBuilder {
         ));
         Ok(Server {
             local_addr,
+            connections: ConnectionCount(endpoint),
             shutdown,
             run: Some(run),
         })
+    }
+}
+
+/// Counts the open QUIC connections of a [`Server`]'s endpoint (both directions).
+#[derive(Debug, Clone)]
+pub struct ConnectionCount(quinn::Endpoint);
+
+impl ConnectionCount {
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.0.open_connections()
     }
 }
 
@@ -410,6 +422,7 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    connections: ConnectionCount,
     shutdown: CancellationToken,
     run: Option<tokio::task::JoinHandle<()>>,
 }
@@ -426,6 +439,11 @@ impl Server {
     /// The bound address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle that counts the endpoint's open connections (for metrics).
+    pub fn connections(&self) -> ConnectionCount {
+        self.connections.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (within the grace period), closes every

@@ -84,6 +84,20 @@ pub enum ClientRequest {
         epoch: Epoch,
         seal: Epoch,
     },
+    /// Every log with its epoch-store record (served by storage nodes). Answer `Logs`.
+    ListLogs,
+    /// Replace the log's attributes in the epoch store (served by storage nodes); they apply
+    /// from the log's next activation. Answer `LogUpdated` with the new record.
+    UpdateLog {
+        log: LogId,
+        attributes: LogAttributes,
+    },
+    /// What a read of `from ..= until` would scan on this storage node, from its partition
+    /// directory alone (no data is read). Answer `ScanEstimate`.
+    ScanEstimate { log: LogId, from: Lsn, until: Lsn },
+    /// What this node says about itself: roles, health, counters, rates, and the logs it
+    /// sequences (any node). Answer `NodeStatus`.
+    GetNodeStatus,
 }
 
 impl ClientRequest {
@@ -157,6 +171,18 @@ impl ClientRequest {
                     ));
                 }
                 filter.check()
+            }
+            ClientRequest::ListLogs | ClientRequest::GetNodeStatus => Ok(()),
+            ClientRequest::UpdateLog { log, attributes } => {
+                user_log(log)?;
+                attributes.validate().map_err(|e| e.to_string())
+            }
+            ClientRequest::ScanEstimate { log, from, until } => {
+                user_log(log)?;
+                if from > until {
+                    return Err(format!("empty scan range {from}..={until}"));
+                }
+                Ok(())
             }
             ClientRequest::ReportPreempted { log, epoch, seal } => {
                 user_log(log)?;
@@ -238,7 +264,30 @@ pub enum ClientResponse {
     ReadDone,
     /// An application-level error.
     Error(RemoteError),
+    /// Every log, in log order (answer to `ListLogs`).
+    Logs(Vec<LogListing>),
+    /// The log's record after `UpdateLog`.
+    LogUpdated(LogMetadata),
+    /// What this node would scan for a read (answer to `ScanEstimate`): the partitions whose
+    /// directory entries for the log overlap the range (above the trim point), and their
+    /// bytes, interpolated over LSNs for partitions the range covers in part.
+    ScanEstimate {
+        partitions: u32,
+        bytes: u64,
+    },
+    /// The answer to `GetNodeStatus`.
+    NodeStatus(Box<super::status::NodeStatus>),
 }
+
+/// One log of a `Logs` answer.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LogListing {
+    pub log: LogId,
+    pub metadata: LogMetadata,
+}
+
+/// Most logs one `Logs` answer may carry.
+pub const MAX_LISTED_LOGS: usize = 1 << 16;
 
 impl ClientResponse {
     fn check(&self, limits: &Limits) -> Result<(), String> {
@@ -281,6 +330,11 @@ impl ClientResponse {
                 Err(format!("gap {from}..={to} is empty"))
             }
             ClientResponse::Error(e) => e.check(limits),
+            ClientResponse::NodeStatus(status) => status.check(),
+            ClientResponse::Logs(logs) if logs.len() > MAX_LISTED_LOGS => Err(format!(
+                "{} logs in one answer, limit {MAX_LISTED_LOGS}",
+                logs.len()
+            )),
             _ => Ok(()),
         }
     }

@@ -214,7 +214,8 @@ fn gap_kind() -> impl Strategy<Value = GapKind> {
         Just(GapKind::Bridge),
         Just(GapKind::Trim),
         Just(GapKind::DataLoss),
-        Just(GapKind::NoRecords)
+        Just(GapKind::NoRecords),
+        Just(GapKind::Filtered)
     ]
 }
 
@@ -287,6 +288,14 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                 seal: Epoch(e.max(s)),
             }
         }),
+        Just(ClientRequest::ListLogs),
+        (log_id(), attributes())
+            .prop_map(|(log, attributes)| ClientRequest::UpdateLog { log, attributes }),
+        (log_id(), lsn(), lsn()).prop_map(|(log, a, b)| ClientRequest::ScanEstimate {
+            log,
+            from: a.min(b),
+            until: a.max(b)
+        }),
     ]
 }
 
@@ -331,6 +340,7 @@ fn log_metadata() -> impl Strategy<Value = LogMetadata> {
                 .collect(),
             last_clean_epoch: Epoch(lce),
             last_clean_tail: tail,
+            recovered: Vec::new(),
             attributes,
         })
 }
@@ -384,6 +394,14 @@ fn client_response() -> impl Strategy<Value = ClientResponse> {
         }),
         Just(ClientResponse::ReadDone),
         remote_error().prop_map(ClientResponse::Error),
+        vec((log_id(), log_metadata()), 0..3).prop_map(|logs| ClientResponse::Logs(
+            logs.into_iter()
+                .map(|(log, metadata)| super::client::LogListing { log, metadata })
+                .collect()
+        )),
+        log_metadata().prop_map(ClientResponse::LogUpdated),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(partitions, bytes)| ClientResponse::ScanEstimate { partitions, bytes }),
     ]
 }
 
@@ -395,7 +413,12 @@ fn node_request() -> impl Strategy<Value = NodeRequest> {
                 sequencer,
                 releases: rs
                     .into_iter()
-                    .map(|(log, lsn)| Release { log, lsn })
+                    .map(|(log, lsn)| {
+                        // A release names a valid sequencer epoch at or above its LSN's.
+                        let epoch = Epoch(lsn.epoch().0.clamp(1, Epoch::MAX.0));
+                        let lsn = Lsn::new(lsn.epoch().min(epoch), lsn.esn());
+                        Release { log, lsn, epoch }
+                    })
                     .collect(),
             }
         }),
@@ -430,14 +453,15 @@ fn node_response() -> impl Strategy<Value = NodeResponse> {
     prop_oneof![
         node_id().prop_map(|node| NodeResponse::Pong { node }),
         Just(NodeResponse::Ack),
-        (any::<u32>(), any::<u32>(), lsn(), lsn()).prop_map(|(s, lng, tail, last_released)| {
-            NodeResponse::Sealed {
+        (any::<u32>(), any::<u32>(), lsn(), lsn(), any::<bool>()).prop_map(
+            |(s, lng, tail, last_released, data_loss)| NodeResponse::Sealed {
                 seal: Epoch(s),
                 lng: Esn(lng),
                 tail,
                 last_released,
+                data_loss,
             }
-        }),
+        ),
         any::<u32>().prop_map(|s| NodeResponse::Preempted { seal: Epoch(s) }),
         store_status().prop_map(NodeResponse::StoreResult),
         read_records().prop_map(NodeResponse::DigestRecords),

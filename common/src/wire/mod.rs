@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod node;
+pub mod status;
 mod types;
 
 pub use types::*;

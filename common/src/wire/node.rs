@@ -18,6 +18,10 @@ pub struct Release {
     pub log: LogId,
     /// Records up to and including this LSN may be shipped to readers.
     pub lsn: Lsn,
+    /// The epoch of the sequencer that released `lsn` (≥ the epoch of `lsn`): every older
+    /// epoch is recovered, so a node that missed one of those recoveries purges what it
+    /// overruled before acting on this release (DESIGN §7).
+    pub epoch: Epoch,
 }
 
 /// A request from one node to another.
@@ -64,6 +68,16 @@ impl NodeRequest {
             NodeRequest::Release { releases, .. } if releases.len() > MAX_RELEASES => {
                 Err(format!("{} releases in one message", releases.len()))
             }
+            NodeRequest::Release { releases, .. } => match releases
+                .iter()
+                .find(|r| r.lsn != Lsn::INVALID && (!r.epoch.is_valid() || r.lsn.epoch() > r.epoch))
+            {
+                Some(r) => Err(format!(
+                    "release of {} by the sequencer of epoch {}",
+                    r.lsn, r.epoch
+                )),
+                None => Ok(()),
+            },
             NodeRequest::Seal { epoch, .. } | NodeRequest::StartDigest { epoch, .. }
                 if !epoch.is_valid() =>
             {
@@ -93,6 +107,10 @@ pub enum NodeResponse {
         lng: Esn,
         tail: Lsn,
         last_released: Lsn,
+        /// The node may have lost acknowledged writes (an unclean restart after `fast`
+        /// stores): its "no record" proves nothing, so recovery must not count it towards an
+        /// authoritative digest, whatever membership says yet (DESIGN §7).
+        data_loss: bool,
     },
     /// A higher seal exists: the asking sequencer was replaced.
     Preempted {

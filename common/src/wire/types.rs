@@ -200,6 +200,11 @@ pub enum GapKind {
     DataLoss = 3,
     /// (Node → reader only) the node proved it has no records in the range.
     NoRecords = 4,
+    /// (Filtered reads only, reader → application) no record in the range passes the read's
+    /// time or payload filter: the records there, if any, did not match. A filtered read
+    /// cannot tell a lost record from one that did not match, so it never reports
+    /// `DataLoss` inside an epoch; an unfiltered read does.
+    Filtered = 5,
 }
 
 /// A record as shipped to readers and in recovery digests.

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 
 mod epochstore;
 mod read;
-mod storage;
+pub mod storage;
 mod write;
 
 #[derive(Debug, Args)]

@@ -54,11 +54,11 @@ use crate::cli::read::gap_name;
 pub struct ReadBenchArgs {
     /// Benchmark a running cluster through these nodes (`host:port`, comma-separated) instead
     /// of a dev cluster started in this process.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "TALLY_SEED", value_delimiter = ',')]
     seed: Vec<String>,
     /// Certificates for `--seed`: `ca.pem`, `client.pem`, `client.key`
     /// [default: $TALLY_DEV_DIR/certs, else ./.tally-dev/certs].
-    #[arg(long, requires = "seed")]
+    #[arg(long, env = "TALLY_CERTS", requires = "seed")]
     certs: Option<PathBuf>,
     /// A short run (CI smoke): 64 MiB loaded, 0.5 s + 3 s of tailing.
     #[arg(long)]
@@ -408,8 +408,10 @@ async fn load(
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = JoinSet::new();
+    let progress = crate::cli::progress::Progress::bar(records, "load", "records");
     for _ in 0..LOAD_CALLS_IN_FLIGHT {
         let (client, payloads, next) = (client.clone(), payloads.clone(), next.clone());
+        let progress = progress.clone();
         tasks.spawn(async move {
             let (mut acked, mut retried, mut indeterminate) = (Vec::new(), 0u64, 0u64);
             loop {
@@ -428,6 +430,7 @@ async fn load(
                     match client.append_batch(log, batch.clone()).await {
                         Ok(lsns) => {
                             acked.push(lsns);
+                            progress.inc(n);
                             break;
                         }
                         Err(e) if e.certainly_not_appended() && tries < LOAD_TRIES => {
@@ -457,6 +460,7 @@ async fn load(
         retried_batches += r;
         indeterminate_batches += i;
     }
+    progress.finish();
     let secs = start.elapsed().as_secs_f64();
     let records: u64 = acked.iter().map(range_len).sum();
     let payload_bytes = records * RECORD_BYTES as u64;

@@ -97,6 +97,8 @@ struct Report {
     logsdb_write_synced_64_tasks_per_s: f64,
     /// Durable stores acknowledged per WAL fsync with 64 writers (group commit at work).
     logsdb_synced_64_stores_per_fsync: f64,
+    /// Stores per group commit of LogsDB's writer thread in the unsynced rounds.
+    logsdb_unsynced_stores_per_group: f64,
     raw_read_per_s: f64,
     logsdb_read_per_s: f64,
     read_records: usize,
@@ -451,12 +453,16 @@ pub fn run(args: StorageBenchArgs) -> anyhow::Result<()> {
     let raw = open_raw(&sub("raw-write")?, &config)?;
     let db = open_logsdb(&sub("logsdb-write")?, config.clone())?;
     let (mut raw_rates, mut logsdb_rates) = (Vec::new(), Vec::new());
+    let before = db.write_stats();
     for round in 0..ROUNDS {
         let base = (round * sizes.unsynced) as u64;
         raw_rates.push(raw_write_unsynced(&raw, &payloads, sizes.unsynced, base)?);
         logsdb_rates.push(logsdb_write_unsynced(&db, &payloads, sizes.unsynced, base)?);
     }
     let (raw_unsynced, logsdb_unsynced) = (best(&raw_rates), best(&logsdb_rates));
+    let after = db.write_stats();
+    let stores_per_group =
+        (after.requests - before.requests) as f64 / (after.groups - before.groups).max(1) as f64;
 
     eprintln!(
         "write, synced: {SYNC_WRITERS} × {} and 1 × {} records",
@@ -552,6 +558,7 @@ pub fn run(args: StorageBenchArgs) -> anyhow::Result<()> {
         logsdb_group_commit_gain: logsdb_synced_64 / logsdb_synced_1,
         logsdb_write_synced_64_tasks_per_s: logsdb_synced_64_tasks,
         logsdb_synced_64_stores_per_fsync: replies_per_fsync,
+        logsdb_unsynced_stores_per_group: stores_per_group,
         raw_read_per_s: raw_read_rate,
         logsdb_read_per_s: logsdb_read_rate,
         read_records: count,
@@ -601,4 +608,79 @@ fn print_table(r: &Report) {
         "LogsDB group-commit gain (64 writers ÷ 1 writer, synced): {:.1}×; {:.1} durable stores per WAL fsync",
         r.logsdb_group_commit_gain, r.logsdb_synced_64_stores_per_fsync
     );
+    println!(
+        "LogsDB unsynced: {:.1} stores per group commit",
+        r.logsdb_unsynced_stores_per_group
+    );
+}
+
+/// Raw RocksDB on this machine's disk with LogsDB's options: the storage limits the peer
+/// comparison (`benches/compare`) reports Tally's figures against. 1 KiB records over 100 logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawRocksDbLimits {
+    /// Unsynced `put`s per second, one caller (best of 3 rounds).
+    pub put_unsynced_per_s: f64,
+    /// Synced `put`s per second with 64 writer threads (RocksDB's write-group batching).
+    pub put_synced_64_per_s: f64,
+    /// Synced `put`s per second, one writer (one fsync per put).
+    pub put_synced_1_per_s: f64,
+    /// Sequential read of one log's flushed records, one iterator, values copied out (best of
+    /// 3 rounds), in MB/s of values (MB = 10^6 bytes).
+    pub seq_read_mb_per_s: f64,
+    /// Records in that log.
+    pub seq_read_records: usize,
+}
+
+/// Measures [`RawRocksDbLimits`] in databases under `dir` (left for the caller to delete).
+/// `quick`: the CI-sized record counts of `tally bench storage --quick`.
+pub fn raw_rocksdb_limits(dir: &Path, quick: bool) -> anyhow::Result<RawRocksDbLimits> {
+    const LIMIT_ROUNDS: usize = 3;
+    let sizes = Sizes::new(quick);
+    let payloads = Payloads::new();
+    let config = config();
+    let write_dir = dir.join("raw-write");
+    let read_dir = dir.join("raw-read");
+    std::fs::create_dir_all(&write_dir)?;
+    std::fs::create_dir_all(&read_dir)?;
+    let raw = open_raw(&write_dir, &config)?;
+    let mut rates = Vec::new();
+    for round in 0..LIMIT_ROUNDS {
+        let base = (round * sizes.unsynced) as u64;
+        rates.push(raw_write_unsynced(&raw, &payloads, sizes.unsynced, base)?);
+    }
+    let put_unsynced_per_s = best(&rates);
+    let put_synced_64_per_s = raw_synced(
+        &raw,
+        &payloads,
+        SYNC_WRITERS,
+        sizes.synced_per_writer,
+        1_000_000,
+    )?;
+    let put_synced_1_per_s = raw_synced(&raw, &payloads, 1, sizes.synced_single, 2_000_000)?;
+    drop(raw);
+
+    let raw = open_raw(&read_dir, &config)?;
+    raw_load(&raw, &payloads, sizes.read_total)?;
+    raw_read_once(&raw)?;
+    let count = sizes.read_total / 2;
+    let mut rates = Vec::new();
+    for _ in 0..LIMIT_ROUNDS {
+        let (mut d, mut n) = (Duration::ZERO, 0);
+        while d < Duration::from_millis(250) {
+            let (dd, nn) = raw_read_once(&raw)?;
+            anyhow::ensure!(
+                nn == count,
+                "raw RocksDB read {nn} records, expected {count}"
+            );
+            (d, n) = (d + dd, n + nn);
+        }
+        rates.push(per_s(n, d) * RECORD_BYTES as f64 / 1e6);
+    }
+    Ok(RawRocksDbLimits {
+        put_unsynced_per_s,
+        put_synced_64_per_s,
+        put_synced_1_per_s,
+        seq_read_mb_per_s: best(&rates),
+        seq_read_records: count,
+    })
 }

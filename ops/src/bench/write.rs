@@ -61,11 +61,11 @@ use crate::{dev, node};
 pub struct WriteBenchArgs {
     /// Benchmark a running cluster through these nodes (`host:port`, comma-separated) instead
     /// of a dev cluster started in this process.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "TALLY_SEED", value_delimiter = ',')]
     seed: Vec<String>,
     /// Certificates for `--seed`: `ca.pem`, `client.pem`, `client.key`
     /// [default: $TALLY_DEV_DIR/certs, else ./.tally-dev/certs].
-    #[arg(long, requires = "seed")]
+    #[arg(long, env = "TALLY_CERTS", requires = "seed")]
     certs: Option<PathBuf>,
     /// A short run (CI smoke): 2 s per case unless `--duration` says otherwise.
     #[arg(long)]
@@ -506,6 +506,10 @@ async fn run_case(
 ) -> anyhow::Result<Case> {
     let measure_from = Instant::now() + warmup;
     let end = measure_from + duration;
+    let progress = crate::cli::progress::Progress::spinner(format!(
+        "{name}: {:.0?} of warm-up, then {:.0?} measured",
+        warmup, duration
+    ));
     let mut tasks = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
         let (client, logs, payloads) = (client.clone(), logs.clone(), payloads.clone());
@@ -564,6 +568,7 @@ async fn run_case(
             *errors.entry(msg).or_default() += n;
         }
     }
+    progress.finish();
     let elapsed = (last_ack - measure_from).max(duration);
     let stats_after = local.map(LocalCluster::write_stats);
     let cpu_cores = match (cpu_before, process_cpu_secs()) {

@@ -3,6 +3,14 @@
 //! outcome is checked and printed (its LSN, or the failure with the record's number and
 //! whether it may have been appended anyway), and the exit code is non-zero on any failure.
 //!
+//! Records are appended byte for byte, never reinterpreted. With lines (the default) a record
+//! is exactly the bytes between two `\n`: a `\r` before the `\n` stays in the record (so
+//! `\r\n` input keeps its `\r`), an empty line is an empty record, bytes that are not UTF-8
+//! are kept as they are, and a last line without a final `\n` is a record too. `--binary`
+//! reads `len (u32, big-endian) ‖ bytes` frames; a frame cut short by the end of the input, or
+//! longer than the payload limit, is an [`InputError`]: the records before it are appended,
+//! it and the rest are not, and the exit status says so.
+//!
 //! Records from stdin keep their input order in the log: one batch (up to 1024 records /
 //! 256 KiB) is in flight at a time, gathering whatever stdin delivered meanwhile, and the
 //! first failure stops the command. `--unordered` sends them through the client's
@@ -28,10 +36,13 @@ pub struct AppendArgs {
     /// The log to append to.
     #[arg(long)]
     pub log: LogId,
-    /// The record. Without it, records are read from stdin: one per line (the newline is
-    /// not part of the record), or length-delimited with `--binary`.
+    /// The record. Without it, records are read from stdin: one per line, byte for byte (the
+    /// `\n` is not part of the record; a `\r` before it is, empty lines are empty records,
+    /// non-UTF-8 bytes are kept, a last line without `\n` counts), or length-delimited with
+    /// `--binary`.
     pub payload: Option<OsString>,
-    /// Stdin holds records as a 4-byte big-endian length followed by that many bytes.
+    /// Stdin holds records as a 4-byte big-endian length followed by that many bytes; a
+    /// truncated or over-limit frame stops the command (records before it are appended).
     #[arg(long)]
     pub binary: bool,
     /// Print only the number of records appended, not each LSN.
@@ -50,8 +61,29 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// Unanswered records of `--unordered` before reading stdin pauses.
 const UNORDERED_PENDING: usize = 16 * 1024;
 
+/// Why a record of the input cannot be appended (the input itself is wrong).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// A line longer than the payload limit (consumed whole, never cut into pieces).
+    #[error("line of {len} bytes is over the payload limit of {max} bytes")]
+    LineTooLong { len: usize, max: usize },
+    /// A `--binary` frame announcing more than the payload limit (nothing after it is read:
+    /// the framing cannot be trusted).
+    #[error("record of {len} bytes is over the payload limit of {max} bytes")]
+    RecordTooLong { len: usize, max: usize },
+    /// The input ends inside a 4-byte length prefix.
+    #[error("input ends inside a length prefix ({got} of 4 bytes)")]
+    TruncatedLength { got: usize },
+    /// The input ends inside a record.
+    #[error("input ends inside a record of {len} bytes ({got} bytes read)")]
+    TruncatedRecord { len: usize, got: usize },
+    /// Reading stdin failed.
+    #[error("cannot read stdin: {0}")]
+    Read(String),
+}
+
 /// One record read from stdin, numbered from 1, or why it cannot be appended.
-type Input = (u64, Result<Vec<u8>, String>);
+type Input = (u64, Result<Vec<u8>, InputError>);
 
 pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
     if args.payload.is_some() && args.binary {
@@ -106,7 +138,7 @@ fn spawn_reader(binary: bool, max_payload: usize) -> mpsc::Receiver<Input> {
             let item = match next {
                 Ok(Some(record)) => record,
                 Ok(None) => return,
-                Err(e) => Err(format!("cannot read stdin: {e}")),
+                Err(e) => Err(InputError::Read(e.to_string())),
             };
             let stop = item.is_err();
             if tx.blocking_send((n, item)).is_err() || stop {
@@ -121,7 +153,7 @@ fn spawn_reader(binary: bool, max_payload: usize) -> mpsc::Receiver<Input> {
 fn read_line(
     input: &mut impl BufRead,
     max_payload: usize,
-) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+) -> std::io::Result<Option<Result<Vec<u8>, InputError>>> {
     let mut line = Vec::new();
     let mut len = 0usize;
     let mut any = false;
@@ -149,9 +181,10 @@ fn read_line(
         return Ok(None);
     }
     if len > max_payload {
-        return Ok(Some(Err(format!(
-            "line of {len} bytes is over the payload limit of {max_payload} bytes"
-        ))));
+        return Ok(Some(Err(InputError::LineTooLong {
+            len,
+            max: max_payload,
+        })));
     }
     Ok(Some(Ok(line)))
 }
@@ -160,30 +193,35 @@ fn read_line(
 fn read_binary(
     input: &mut impl Read,
     max_payload: usize,
-) -> std::io::Result<Option<Result<Vec<u8>, String>>> {
+) -> std::io::Result<Option<Result<Vec<u8>, InputError>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
         match input.read(&mut len[got..])? {
             0 if got == 0 => return Ok(None),
-            0 => return Ok(Some(Err("input ends inside a length prefix".into()))),
+            0 => return Ok(Some(Err(InputError::TruncatedLength { got }))),
             n => got += n,
         }
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max_payload {
-        return Ok(Some(Err(format!(
-            "record of {len} bytes is over the payload limit of {max_payload} bytes"
-        ))));
+        return Ok(Some(Err(InputError::RecordTooLong {
+            len,
+            max: max_payload,
+        })));
     }
+    // Checked against the limit above, so this allocation is bounded.
     let mut record = vec![0u8; len];
-    match input.read_exact(&mut record) {
-        Ok(()) => Ok(Some(Ok(record))),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Some(Err(format!(
-            "input ends inside a record of {len} bytes"
-        )))),
-        Err(e) => Err(e),
+    let mut got = 0;
+    while got < len {
+        match input.read(&mut record[got..]) {
+            Ok(0) => return Ok(Some(Err(InputError::TruncatedRecord { len, got }))),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(Some(Ok(record)))
 }
 
 /// Tally of a stdin append, printed at the end.
@@ -256,7 +294,7 @@ async fn append_stdin(client: &Client, args: &AppendArgs) -> anyhow::Result<()> 
             Ok(record) => record,
             Err(e) => {
                 // Stop here: appending later records would reorder the input around a gap.
-                outcome.failed(first_line, &e, None);
+                outcome.failed(first_line, &e.to_string(), None);
                 break;
             }
         };
@@ -337,7 +375,7 @@ async fn append_unordered(
                     tokio::spawn(async move { writer.append(record).await }),
                 ));
             }
-            Err(e) => outcome.failed(line, &e, None),
+            Err(e) => outcome.failed(line, &e.to_string(), None),
         }
         while pending.len() >= UNORDERED_PENDING
             || pending
@@ -361,7 +399,7 @@ mod tests {
 
     use super::*;
 
-    fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, String>> {
+    fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, InputError>> {
         let mut r = Cursor::new(input.to_vec());
         std::iter::from_fn(|| read_line(&mut r, max).unwrap()).collect()
     }
@@ -369,7 +407,7 @@ mod tests {
     #[test]
     fn lines_split_on_newlines_only_and_long_lines_are_refused_whole() {
         let got = lines(b"a\n\nb\r\nlast", 8);
-        let want: Vec<Result<Vec<u8>, String>> = vec![
+        let want: Vec<Result<Vec<u8>, InputError>> = vec![
             Ok(b"a".to_vec()),
             Ok(Vec::new()),
             Ok(b"b\r".to_vec()),
@@ -379,7 +417,9 @@ mod tests {
         assert_eq!(lines(b"x\n", 8), vec![Ok(b"x".to_vec())]);
         assert!(lines(b"", 8).is_empty());
         let got = lines(b"0123456789\nok\n", 8);
-        assert!(got[0].as_ref().unwrap_err().contains("10 bytes"));
+        assert_eq!(got[0], Err(InputError::LineTooLong { len: 10, max: 8 }));
+        // Bytes that are not UTF-8 are kept.
+        assert_eq!(lines(b"\xff\xfe\n", 8), vec![Ok(vec![0xff, 0xfe])]);
         assert_eq!(got[1], Ok(b"ok".to_vec()));
     }
 
@@ -401,8 +441,19 @@ mod tests {
             ]
         );
         let mut r = Cursor::new(vec![0, 0, 0, 5, b'a']);
-        assert!(read_binary(&mut r, 64).unwrap().unwrap().is_err());
+        assert_eq!(
+            read_binary(&mut r, 64).unwrap().unwrap(),
+            Err(InputError::TruncatedRecord { len: 5, got: 1 })
+        );
         let mut r = Cursor::new(vec![0, 0]);
-        assert!(read_binary(&mut r, 64).unwrap().unwrap().is_err());
+        assert_eq!(
+            read_binary(&mut r, 64).unwrap().unwrap(),
+            Err(InputError::TruncatedLength { got: 2 })
+        );
+        let mut r = Cursor::new(vec![0, 0, 1, 0]);
+        assert_eq!(
+            read_binary(&mut r, 64).unwrap().unwrap(),
+            Err(InputError::RecordTooLong { len: 256, max: 64 })
+        );
     }
 }

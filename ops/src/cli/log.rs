@@ -1,6 +1,12 @@
-//! `tally log create` and `tally log show`: admin calls through a node
+//! `tally log create|show|list|update`: admin calls through a node
 //! (`ClientRequest::CreateLog` to a sequencer node found through the cluster state,
-//! `GetLogMetadata` to any node).
+//! `GetLogMetadata` to any node, `ListLogs` and `UpdateLog` to a storage node through the
+//! client). `tally log trim` is `tally trim` (`super::read`).
+//!
+//! `log update` changes only the attributes given as flags (the others keep their values),
+//! validates the result before sending it, and writes it through the epoch store's
+//! compare-and-swap update path. Attributes apply from the log's next activation: the
+//! running epoch keeps the node set and replication it was activated with.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,6 +63,81 @@ pub struct LogShowArgs {
     /// Print the metadata as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `tally log list` arguments.
+#[derive(Debug, clap::Args)]
+pub struct LogListArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print a JSON array of `{"log": N, "metadata": {…}}` (the metadata as `log show --json`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tally log update` arguments: only the attributes given change.
+#[derive(Debug, clap::Args)]
+pub struct LogUpdateArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[arg(long)]
+    pub log: LogId,
+    /// Copies of every record (R).
+    #[arg(long)]
+    pub replication: Option<u8>,
+    /// Storage nodes in the log's node set (0: every storage node).
+    #[arg(long)]
+    pub node_set_size: Option<u8>,
+    #[arg(long, value_enum)]
+    pub durability: Option<DurabilityArg>,
+    /// The sequencer's window: LSNs granted but not yet completed.
+    #[arg(long)]
+    pub window: Option<u32>,
+    /// Time-based retention, e.g. `7d`, `12h`, `90m` (0: keep until trimmed).
+    #[arg(long, value_parser = parse_duration)]
+    pub backlog: Option<Duration>,
+    /// Print the metadata as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LogUpdateArgs {
+    /// `current` with the given flags applied; an error names a flag-less call.
+    pub fn apply(&self, current: &LogAttributes) -> anyhow::Result<LogAttributes> {
+        let mut a = current.clone();
+        let mut changed = false;
+        if let Some(r) = self.replication {
+            a.replication = r;
+            changed = true;
+        }
+        if let Some(n) = self.node_set_size {
+            a.node_set_size = n;
+            changed = true;
+        }
+        if let Some(d) = self.durability {
+            a.durability = match d {
+                DurabilityArg::Durable => Durability::Durable,
+                DurabilityArg::Fast => Durability::Fast,
+            };
+            changed = true;
+        }
+        if let Some(w) = self.window {
+            a.max_in_flight = w;
+            changed = true;
+        }
+        if let Some(b) = self.backlog {
+            a.backlog_secs = b.as_secs();
+            changed = true;
+        }
+        if !changed {
+            bail!(
+                "nothing to update: give --replication, --node-set-size, --durability,                  --window or --backlog"
+            );
+        }
+        a.validate()
+            .with_context(|| format!("log {}: invalid attributes", self.log))?;
+        Ok(a)
+    }
 }
 
 /// Deadline of one admin call.
@@ -178,6 +259,77 @@ pub async fn show(args: LogShowArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&meta)?);
     } else {
         print!("{}", describe(args.log, &meta));
+    }
+    Ok(())
+}
+
+pub async fn list(args: LogListArgs) -> anyhow::Result<()> {
+    let client = args.connect.client().await?;
+    let logs = client.list_logs().await;
+    client.close().await;
+    let logs = logs.context("cannot list the logs")?;
+    if args.json {
+        let array: Vec<serde_json::Value> = logs
+            .iter()
+            .map(|(log, meta)| {
+                Ok(serde_json::json!({"log": log.0, "metadata": serde_json::to_value(meta)?}))
+            })
+            .collect::<Result<_, serde_json::Error>>()?;
+        println!("{}", serde_json::to_string_pretty(&array)?);
+        return Ok(());
+    }
+    println!("log\tR\tnode set\tdurability\twindow\tbacklog\tepoch");
+    for (log, meta) in &logs {
+        let a = &meta.attributes;
+        let node_set = if a.node_set_size == 0 {
+            "all".to_owned()
+        } else {
+            a.node_set_size.to_string()
+        };
+        let durability = match a.durability {
+            Durability::Durable => "durable",
+            Durability::Fast => "fast",
+        };
+        let backlog = if a.backlog_secs == 0 {
+            "-".to_owned()
+        } else {
+            crate::config::format_duration(Duration::from_secs(a.backlog_secs))
+        };
+        let epoch = meta.current_epoch();
+        let epoch = if epoch.0 == 0 {
+            "-".to_owned()
+        } else {
+            format!("e{}", epoch.0)
+        };
+        println!(
+            "{log}\t{}\t{node_set}\t{durability}\t{}\t{backlog}\t{epoch}",
+            a.replication, a.max_in_flight
+        );
+    }
+    Ok(())
+}
+
+pub async fn update(args: LogUpdateArgs) -> anyhow::Result<()> {
+    let client = args.connect.client().await?;
+    let result = async {
+        let current = client
+            .log_metadata(args.log)
+            .await
+            .with_context(|| format!("cannot read log {}", args.log))?;
+        let attributes = args.apply(&current.attributes)?;
+        client
+            .update_log(args.log, attributes)
+            .await
+            .with_context(|| format!("cannot update log {}", args.log))
+    }
+    .await;
+    client.close().await;
+    let meta = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&meta)?);
+    } else {
+        print!("{}", describe(args.log, &meta));
+        println!("  (attributes apply from the log's next epoch)");
     }
     Ok(())
 }

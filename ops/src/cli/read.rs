@@ -4,15 +4,17 @@
 //! Output (`--format`):
 //! - `raw` (default): each record's payload followed by a newline, nothing else on stdout.
 //! - `lsn`: `<lsn>\t<payload>` per record.
+//! - `time`: `<lsn>\t<timestamp, RFC 3339 UTC with milliseconds>\t<payload>` per record.
 //! - `json`: one object per line, `{"lsn":"e1n5","timestamp_ms":…,"payload":"…"}` (the payload
 //!   as a string when it is UTF-8, else as `"payload_hex"`), and every gap as
 //!   `{"gap":"data_loss","from":"e1n7","to":"e1n7"}`.
 //!
-//! In `raw` and `lsn` formats, gaps that mean records are absent — `trim` and `data_loss` — are
-//! reported on stderr (`tally: gap data_loss e1n7..=e1n7`); bridges and holes (epoch ends and
-//! never-written LSNs, which hold nothing by design) are not. A stalled reader (too few
+//! In `raw`, `lsn` and `time` formats, gaps that mean records are absent — `trim` and
+//! `data_loss` — are reported on stderr (`tally: gap data_loss e1n7..=e1n7`); bridges and
+//! holes (epoch ends and never-written LSNs, which hold nothing by design) are not. A stalled reader (too few
 //! storage nodes reachable to decide the next LSN) says so on stderr, and again when it
-//! resumes.
+//! resumes. A bounded read shows a spinner with its progress on stderr when stderr is a
+//! terminal (never in pipes or files).
 //!
 //! TIME (`--from`, `find-time`) is parsed by [`super::time::parse_time`]: RFC 3339, relative
 //! like `-1h`, `now`, or `@<unix ms>`. `find-time` also takes plain Unix milliseconds; in
@@ -27,6 +29,7 @@ use tally_client::{
 use tally_common::{LogId, Lsn};
 
 use super::ConnectArgs;
+use super::progress::Progress;
 use super::time::{now_ms, parse_time};
 
 /// How records and gaps are printed.
@@ -36,6 +39,8 @@ pub enum Format {
     Raw,
     /// `<lsn>\t<payload>` per line.
     Lsn,
+    /// `<lsn>\t<timestamp (RFC 3339, UTC)>\t<payload>` per line.
+    Time,
     /// One JSON object per record or gap.
     Json,
 }
@@ -222,7 +227,14 @@ async fn run_read(
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let mut stalls = reader.stall_updates();
     let mut was_stalled = false;
-    loop {
+    // A bounded read can be long (a backfill): a spinner on a terminal's stderr.
+    let progress = if follow {
+        Progress::none()
+    } else {
+        Progress::spinner(format!("reading log {log}"))
+    };
+    let mut records = 0u64;
+    let result = loop {
         let item = tokio::select! {
             item = reader.next() => item,
             changed = stalls.changed() => {
@@ -233,16 +245,30 @@ async fn run_read(
                 continue;
             }
         };
-        let Some(item) = item else { break };
-        let delivery = item.with_context(|| format!("reading log {log}"))?;
+        let Some(item) = item else { break Ok(()) };
+        let delivery = match item.with_context(|| format!("reading log {log}")) {
+            Ok(d) => d,
+            Err(e) => break Err(e),
+        };
+        if matches!(delivery, Delivery::Record(_)) {
+            records += 1;
+            if records.is_multiple_of(1024) && progress.is_shown() {
+                progress.set_message(format!(
+                    "reading log {log}: {records} records, at {}",
+                    delivery.to()
+                ));
+            }
+        }
         let written = print_delivery(&mut out, &delivery, format).and_then(|()| {
             // A follower prints as records come; a bounded read flushes at the end.
             if follow { out.flush() } else { Ok(()) }
         });
         if let Err(e) = written {
-            return stdout_closed(e);
+            break stdout_closed(e);
         }
-    }
+    };
+    progress.finish();
+    result?;
     match out.flush() {
         Ok(()) => Ok(()),
         Err(e) => stdout_closed(e),
@@ -250,7 +276,7 @@ async fn run_read(
 }
 
 /// A closed stdout (`tally read | head`) ends the command quietly; other errors do not.
-fn stdout_closed(e: std::io::Error) -> anyhow::Result<()> {
+pub(crate) fn stdout_closed(e: std::io::Error) -> anyhow::Result<()> {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         Ok(())
     } else {
@@ -292,10 +318,11 @@ pub fn gap_name(kind: GapKind) -> &'static str {
         GapKind::Trim => "trim",
         GapKind::DataLoss => "data_loss",
         GapKind::NoRecords => "no_records",
+        GapKind::Filtered => "filtered",
     }
 }
 
-/// Writes one delivery in `format` (gaps of `raw`/`lsn` go to stderr).
+/// Writes one delivery in `format` (gaps of `raw`/`lsn`/`time` go to stderr).
 pub fn print_delivery(
     out: &mut impl std::io::Write,
     delivery: &Delivery,
@@ -308,6 +335,12 @@ pub fn print_delivery(
         }
         (Delivery::Record(r), Format::Lsn) => {
             write!(out, "{}\t", r.header.lsn)?;
+            out.write_all(&r.payload)?;
+            out.write_all(b"\n")
+        }
+        (Delivery::Record(r), Format::Time) => {
+            let at = super::time::format_rfc3339(r.header.timestamp_ms);
+            write!(out, "{}\t{at}\t", r.header.lsn)?;
             out.write_all(&r.payload)?;
             out.write_all(b"\n")
         }
@@ -409,6 +442,10 @@ mod tests {
         let r = record(b"hello");
         assert_eq!(printed(&r, Format::Raw), "hello\n");
         assert_eq!(printed(&r, Format::Lsn), "e1n5\thello\n");
+        assert_eq!(
+            printed(&r, Format::Time),
+            "e1n5\t1970-01-01T00:00:00.077Z\thello\n"
+        );
         let json: serde_json::Value = serde_json::from_str(&printed(&r, Format::Json)).unwrap();
         assert_eq!(
             json,

@@ -41,7 +41,7 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
 }
 
 /// `1h30m`, `90s`, `500ms`: milliseconds. One or more number–unit pairs.
-fn parse_duration_ms(s: &str) -> Option<u64> {
+pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
     let mut rest = s;
     let mut total: u64 = 0;
     if rest.is_empty() {
@@ -150,7 +150,37 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Rejects arguments that cannot work together before connecting.
+/// Unix milliseconds as RFC 3339 in UTC with milliseconds: `2025-11-21T10:00:00.250Z`
+/// (what `--format time` prints; [`parse_time`] reads it back).
+pub fn format_rfc3339(ms: u64) -> String {
+    let secs = ms / 1_000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        ms % 1_000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (inverse of
+/// [`days_from_civil`], same algorithm family).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +217,19 @@ mod tests {
             "yesterday",
         ] {
             assert!(parse_time(bad, NOW).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn times_format_and_parse_back() {
+        assert_eq!(format_rfc3339(NOW), "2025-11-21T10:00:00.000Z");
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339(1_709_164_800_250),
+            "2024-02-29T00:00:00.250Z"
+        );
+        for ms in [0, 1, 999, NOW + 17, 951_782_400_000, 4_102_444_799_999] {
+            assert_eq!(parse_time(&format_rfc3339(ms), 0), Ok(ms), "{ms}");
         }
     }
 }

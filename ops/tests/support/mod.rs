@@ -11,6 +11,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};

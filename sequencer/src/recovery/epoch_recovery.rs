@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use tally_common::quorum::AuthStatus;
 use tally_common::wire::{ReadRecord, StoreStatus};
-use tally_common::{Epoch, Esn, LogId, Lsn, NodeId, NodeSet};
+use tally_common::{Epoch, Esn, LogId, Lsn, NodeId, NodeSet, RecoveredEpoch};
 
 use super::copyset::choose_copyset;
 use super::digest::{Authority, Decision, RecoveryPlan};
@@ -132,7 +132,18 @@ impl EpochRecovery {
                 seal,
                 lng,
                 tail,
-            } if attempt == self.attempt => self.on_sealed(node, seal, lng, tail),
+                data_loss,
+            } if attempt == self.attempt => {
+                if data_loss {
+                    // Membership may not say so yet: from now on (this attempt and the next
+                    // ones) the node's "no record" proves nothing.
+                    self.config.statuses.insert(node, AuthStatus::Unavailable);
+                    self.round
+                        .digested
+                        .set_status(node, AuthStatus::Unavailable);
+                }
+                self.on_sealed(node, seal, lng, tail)
+            }
             Event::DigestRecords {
                 node,
                 attempt,
@@ -592,10 +603,18 @@ impl EpochRecovery {
         self.phase = Phase::WritingLce;
         self.round.lce_retry_at = None; // set again only if this write fails
         let tail = self.round.plan.as_ref().map_or(Lsn::INVALID, |p| p.tail);
+        let outcome = self.round.plan.as_ref().map(|p| RecoveredEpoch {
+            epoch: self.config.epoch,
+            seal: self.config.seal,
+            lng: p.lng,
+            tail: p.tail,
+            authoritative: p.authoritative,
+        });
         self.actions.push(Action::WriteLastCleanEpoch {
             log: self.config.log,
             epoch: self.config.epoch,
             tail,
+            outcome,
         });
     }
 

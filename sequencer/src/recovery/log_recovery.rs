@@ -202,6 +202,7 @@ mod tests {
             ],
             last_clean_epoch: Epoch(lce),
             last_clean_tail: Lsn::new(Epoch(lce), Esn(4)),
+            recovered: Vec::new(),
             attributes: LogAttributes::default(),
         }
     }
@@ -227,6 +228,7 @@ mod tests {
                         seal: *seal,
                         lng: Esn(0),
                         tail: Lsn::INVALID,
+                        data_loss: false,
                     }],
                     Action::StartDigest { node, attempt, .. } => vec![Event::DigestDone {
                         node: *node,

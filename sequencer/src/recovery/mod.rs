@@ -35,7 +35,7 @@ use std::time::Duration;
 use tally_common::meta::StorageState;
 use tally_common::quorum::AuthStatus;
 use tally_common::wire::{ReadRecord, StoreBatch, StoreStatus};
-use tally_common::{Epoch, Esn, LogId, Lsn, NodeId};
+use tally_common::{Epoch, Esn, LogId, Lsn, NodeId, RecoveredEpoch};
 
 pub use copyset::choose_copyset;
 pub use digest::{Authority, Decision, Digest, PlanEntry, RecoveryPlan};
@@ -105,6 +105,8 @@ pub enum Event {
         seal: Epoch,
         lng: Esn,
         tail: Lsn,
+        /// The node says it may have lost acknowledged writes: not authoritative.
+        data_loss: bool,
     },
     /// A node answered any request (seal, store, clean) with `Preempted`: a newer sequencer
     /// sealed the log. Aborts recovery when `seal` is above the recovery's seal.
@@ -174,8 +176,14 @@ pub enum Action {
         tail: Lsn,
         attempt: Attempt,
     },
-    /// Write LCE = `epoch` (with `tail`) to the epoch store.
-    WriteLastCleanEpoch { log: LogId, epoch: Epoch, tail: Lsn },
+    /// Write LCE = `epoch` (with `tail`) to the epoch store, with what the recovery decided
+    /// (`outcome`, for storage nodes that missed the recovery and must purge by it).
+    WriteLastCleanEpoch {
+        log: LogId,
+        epoch: Epoch,
+        tail: Lsn,
+        outcome: Option<RecoveredEpoch>,
+    },
     /// (From [`EpochRecovery`]) `epoch` is recovered and recorded as clean.
     EpochRecovered { epoch: Epoch, tail: Lsn },
     /// (From [`LogRecovery`]) every older epoch is recovered: hand `tail` to

@@ -152,6 +152,7 @@ proptest! {
                 answers_digest: b == Behaviour::Answers,
                 copies: Vec::new(),
                 store_status: None,
+                data_loss: false,
             });
         }
         for (esn, i, kind) in &case.copies {

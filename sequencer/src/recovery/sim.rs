@@ -56,6 +56,8 @@ pub(super) struct SimNode {
     pub answers_digest: bool,
     pub copies: Vec<ReadRecord>,
     pub store_status: Option<StoreStatus>,
+    /// Says in its `Sealed` answer that it may have lost acknowledged writes.
+    pub data_loss: bool,
 }
 
 /// A store recovery sent, as the checks see it.
@@ -122,6 +124,7 @@ impl Cluster {
                     seal: *seal,
                     lng: Esn(0),
                     tail: Self::tail_of(n),
+                    data_loss: n.data_loss,
                 }]
             }
             Action::StartDigest {
@@ -241,6 +244,7 @@ pub(super) fn sim(answers: bool, copies: Vec<ReadRecord>) -> SimNode {
         answers_digest: answers,
         copies,
         store_status: None,
+        data_loss: false,
     }
 }
 

@@ -35,6 +35,7 @@ fn sealed(node: u32, lng: u32, tail: Lsn) -> Event {
         seal: SEAL,
         lng: Esn(lng),
         tail,
+        data_loss: false,
     }
 }
 
@@ -126,6 +127,7 @@ fn sealed_above_our_seal_is_preemption_and_a_lower_preempted_is_not() {
             seal: Epoch(7),
             lng: Esn(0),
             tail: Lsn::INVALID,
+            data_loss: false,
         },
         now,
     );
@@ -186,11 +188,11 @@ fn full_recovery_rereplicates_plugs_holes_and_bridges_then_cleans() {
     assert_eq!(kinds(5).len(), 2);
     assert!(kinds(6).is_empty());
     let tail = Lsn::new(EPOCH, Esn(5));
-    assert!(c.all_actions.contains(&Action::WriteLastCleanEpoch {
-        log: LOG,
-        epoch: EPOCH,
-        tail
-    }));
+    assert!(c.all_actions.iter().any(|a| matches!(
+        a,
+        Action::WriteLastCleanEpoch { log: LOG, epoch: EPOCH, tail: t, outcome: Some(o) }
+            if *t == tail && o.tail == tail && o.epoch == EPOCH && o.authoritative
+    )));
     assert_eq!(
         c.all_actions.last(),
         Some(&Action::EpochRecovered { epoch: EPOCH, tail })
@@ -370,6 +372,54 @@ fn non_authoritative_digest_plugs_nothing_and_bridges_after_the_known_tail() {
             .all(|s| s.node == NodeId(1) || s.node == NodeId(2))
     );
     assert!(r.is_finished());
+}
+
+#[test]
+fn a_node_that_says_it_lost_data_does_not_make_the_digest_authoritative() {
+    // 4 nodes, R = 2: an f-majority is 3. Membership still says every node is fine, but node
+    // 3 restarted after losing `fast` writes and says so when sealed; node 4 is down. Nodes 1
+    // to 3 answering is then no f-majority of nodes whose "no record" counts: recovery must
+    // wait for node 4 rather than plug holes where node 3's lost copy of an acknowledged
+    // record could have been.
+    let run = |n3_lost_data: bool| {
+        let mut n3 = sim(true, vec![]);
+        n3.data_loss = n3_lost_data;
+        let nodes = [
+            (
+                NodeId(1),
+                sim(true, vec![copy(3, RecordFlags::NONE, 1, b"c")]),
+            ),
+            (NodeId(2), sim(true, vec![])),
+            (NodeId(3), n3),
+            (NodeId(4), sim(false, vec![])),
+        ]
+        .into_iter()
+        .collect();
+        let mut c = Cluster::new(nodes);
+        let mut r =
+            EpochRecovery::new(config(4, 2, &[]), RecoveryTiming::default(), c.now).unwrap();
+        c.run(&mut r, 10);
+        let plan = r.plan().map(|p| p.authoritative);
+        let plugs = c
+            .stores
+            .iter()
+            .filter(|s| {
+                s.batch.flags.contains(RecordFlags::HOLE)
+                    && !s.batch.flags.contains(RecordFlags::BRIDGE)
+            })
+            .count();
+        (plan, plugs)
+    };
+    assert_eq!(
+        run(true),
+        (None, 0),
+        "no plan, no hole plugs while node 4 is away"
+    );
+    // The control: the same answers without the data-loss flag are an authoritative digest
+    // that plugs ESNs 1 and 2.
+    let (plan, plugs) = run(false);
+    assert_eq!(plan, Some(true));
+    assert!(plugs >= 2, "{plugs} plugs");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tally_common::NodeId;
+use tally_common::metrics::SequencerMetrics;
 
 use crate::log_sequencer::SequencerTiming;
 use crate::recovery::RecoveryTiming;
@@ -43,6 +44,8 @@ pub struct SequencerConfig {
     /// Most logs recovering at once on this node; the others wait for a turn (their appends
     /// are granted meanwhile, not released).
     pub max_concurrent_recoveries: usize,
+    /// Where the role records its metrics (the node's handle; a fresh one by default).
+    pub metrics: SequencerMetrics,
 }
 
 impl SequencerConfig {
@@ -61,6 +64,7 @@ impl SequencerConfig {
             recovery: RecoveryTiming::default(),
             recovery_request_timeout: Duration::from_secs(5),
             max_concurrent_recoveries: 400,
+            metrics: SequencerMetrics::default(),
         }
     }
 

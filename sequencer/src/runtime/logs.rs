@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tally_common::metrics::SequencerMetrics;
 use tally_common::{Epoch, LogId, LogMetadata, Lsn, NodeId};
 use tally_epochstore::{ActivateOptions, EpochStore, EpochStoreError};
 use tokio_util::sync::CancellationToken;
@@ -63,11 +64,36 @@ pub enum ActivationError {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub log: Option<LogId>,
+    /// Every epoch below this one is recovered (`LogSequencer::recovered_below`): releases
+    /// name it, so storage nodes can purge what they missed of those epochs.
+    pub epoch: Epoch,
     /// Release points to send to `targets`.
     pub releases: Vec<Lsn>,
     pub targets: Arc<[NodeId]>,
     /// The log asked for a new epoch.
     pub reactivate: Option<ReactivateReason>,
+    /// (Completion reports) when the reported batch was granted, if this epoch granted it.
+    pub granted_at: Option<Instant>,
+}
+
+/// One log this node runs, for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSummary {
+    pub log: LogId,
+    /// The epoch it runs here.
+    pub epoch: Epoch,
+    /// Readers may read up to here.
+    pub last_released: Lsn,
+    /// The next LSN a grant would start at.
+    pub next_lsn: Lsn,
+    /// LSNs of this epoch granted and not released yet.
+    pub unreleased: u64,
+    /// Releases wait for recovery of older epochs.
+    pub recovering: bool,
+    /// A newer sequencer sealed the epoch.
+    pub preempted: bool,
+    /// LSNs granted for the log on this node since its slot was made (every epoch).
+    pub granted: u64,
 }
 
 /// Recovery of the epochs `(LCE, epoch)` a fresh activation inherited, for the caller of
@@ -115,6 +141,8 @@ struct LogState {
     no_redirect_until: Option<Instant>,
     /// Dropped from the table (the log does not exist); look the log up again.
     retired: bool,
+    /// LSNs granted since the slot was made (every epoch), for per-log append rates.
+    granted: u64,
 }
 
 impl LogState {
@@ -146,6 +174,7 @@ impl LogState {
         };
         let mut effects = Effects {
             log: Some(log),
+            epoch: running.seq.recovered_below(),
             targets: running.targets.clone(),
             ..Effects::default()
         };
@@ -243,6 +272,7 @@ pub struct LogTable {
     max_logs: usize,
     activation_timeout: Duration,
     slots: Mutex<HashMap<LogId, Arc<LogSlot>>>,
+    metrics: SequencerMetrics,
 }
 
 impl LogTable {
@@ -258,7 +288,14 @@ impl LogTable {
             max_logs,
             activation_timeout,
             slots: Mutex::new(HashMap::new()),
+            metrics: SequencerMetrics::default(),
         }
+    }
+
+    /// Records activations in `metrics` (a fresh handle by default).
+    pub fn with_metrics(mut self, metrics: SequencerMetrics) -> LogTable {
+        self.metrics = metrics;
+        self
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<LogId, Arc<LogSlot>>> {
@@ -315,6 +352,9 @@ impl LogTable {
         }
         let running = state.running.as_mut().expect("serving implies running");
         let outcome = running.seq.sequence(count, timestamp_ms, now);
+        if let crate::log_sequencer::SequenceOutcome::Granted(grant) = &outcome {
+            state.granted += u64::from(grant.count);
+        }
         let effects = state.drain(slot.log);
         TrySequence::Outcome(outcome, effects)
     }
@@ -328,8 +368,14 @@ impl LogTable {
         let Some(running) = state.running.as_mut() else {
             return Report::NotRunning;
         };
+        let granted_at = (first.epoch() == running.seq.epoch())
+            .then(|| running.seq.window().granted_at(first.esn()))
+            .flatten();
         match running.seq.stored(first, count, now) {
-            Ok(()) => Report::Applied(state.drain(log)),
+            Ok(()) => Report::Applied(Effects {
+                granted_at,
+                ..state.drain(log)
+            }),
             Err(e) => Report::Refused(e),
         }
     }
@@ -365,6 +411,41 @@ impl LogTable {
     /// Whether `log` runs here and still waits for recovery of older epochs.
     pub fn recovery_pending(&self, log: LogId) -> Option<bool> {
         self.get(log)?.recovery_pending()
+    }
+
+    /// The logs running here, in log order, at most `max` of them, and how many run in all.
+    pub fn summaries(&self, max: usize) -> (usize, Vec<LogSummary>) {
+        let slots: Vec<Arc<LogSlot>> = self.slots().values().cloned().collect();
+        let mut out = Vec::new();
+        for slot in slots {
+            let state = slot.state();
+            let Some(running) = state.running.as_ref() else {
+                continue;
+            };
+            let seq = &running.seq;
+            let epoch = seq.epoch();
+            let last_released = seq.last_released();
+            let next = seq.window().next_esn().0;
+            let released_here = if last_released.epoch() == epoch {
+                last_released.esn().0
+            } else {
+                0
+            };
+            out.push(LogSummary {
+                log: slot.log,
+                epoch,
+                last_released,
+                next_lsn: Lsn::new(epoch, tally_common::Esn(next)),
+                unreleased: u64::from(next.saturating_sub(1).saturating_sub(released_here)),
+                recovering: seq.recovery_pending(),
+                preempted: seq.is_preempted().is_some(),
+                granted: state.granted,
+            });
+        }
+        out.sort_unstable_by_key(|s| s.log);
+        let total = out.len();
+        out.truncate(max);
+        (total, out)
     }
 
     /// Ticks every running log; returns what they asked for.
@@ -431,6 +512,10 @@ impl LogTable {
         .await;
         let mut state = slot.state();
         state.attempts += 1;
+        match &result {
+            Ok(Ok(_)) => self.metrics.activations.inc(),
+            _ => self.metrics.activation_failures.inc(),
+        };
         let result = match result {
             Err(_) => Err(ActivationError::Timeout(limit)),
             Ok(Err(EpochStoreError::ConditionFailed { current })) => {

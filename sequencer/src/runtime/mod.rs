@@ -160,6 +160,18 @@ impl SequencerNode {
         task.await.unwrap_or(Err(ActivationError::ShuttingDown))
     }
 
+    /// The logs running here, in log order, at most `max` of them, and how many run in all.
+    pub fn log_summaries(&self, max: usize) -> (usize, Vec<logs::LogSummary>) {
+        self.logs.summaries(max)
+    }
+
+    /// This node's metrics handle (from its config).
+    pub fn metrics(&self) -> &tally_common::metrics::SequencerMetrics {
+        &self.config.metrics
+    }
+}
+
+impl SequencerNode {
     /// A client reports that a storage node refused its store of an LSN of `log` in `epoch`
     /// with `Preempted{seal}` (`seal ≥ epoch`): if `epoch` is the log's running epoch here, it
     /// stops granting and the next `Sequence` moves the log to a new epoch or redirects (see
@@ -181,8 +193,13 @@ impl SequencerNode {
     /// asked for a new epoch.
     fn apply(&self, effects: Effects) -> bool {
         if let Some(log) = effects.log {
+            self.config
+                .metrics
+                .releases
+                .inc_by(effects.releases.len() as u64);
             for lsn in &effects.releases {
-                self.releases.enqueue(log, *lsn, &effects.targets);
+                self.releases
+                    .enqueue(log, *lsn, effects.epoch, &effects.targets);
             }
         }
         effects.reactivate.is_some()
@@ -291,12 +308,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let node = Arc::new(SequencerNode {
-        logs: Arc::new(LogTable::new(
-            config.node,
-            config.timing,
-            config.max_logs,
-            config.activation_timeout,
-        )),
+        logs: Arc::new(
+            LogTable::new(
+                config.node,
+                config.timing,
+                config.max_logs,
+                config.activation_timeout,
+            )
+            .with_metrics(config.metrics.clone()),
+        ),
         store: deps.store.clone(),
         membership: membership.clone(),
         releases: releases.clone(),

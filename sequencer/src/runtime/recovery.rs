@@ -252,13 +252,18 @@ impl Driver {
                 };
                 self.request(node, attempt, req, move |resp| match resp {
                     NodeResponse::Sealed {
-                        seal, lng, tail, ..
+                        seal,
+                        lng,
+                        tail,
+                        data_loss,
+                        ..
                     } => Some(Event::Sealed {
                         node,
                         attempt,
                         seal,
                         lng,
                         tail,
+                        data_loss,
                     }),
                     _ => None,
                 });
@@ -315,13 +320,18 @@ impl Driver {
                     _ => None,
                 });
             }
-            Action::WriteLastCleanEpoch { log, epoch, tail } => {
+            Action::WriteLastCleanEpoch {
+                log,
+                epoch,
+                tail,
+                outcome,
+            } => {
                 let shared = self.shared.clone();
                 let call = async move {
                     let timeout = shared.request_timeout;
                     match tokio::time::timeout(
                         timeout,
-                        shared.store.set_last_clean_epoch(log, epoch, tail),
+                        shared.store.set_last_clean_epoch(log, epoch, tail, outcome),
                     )
                     .await
                     {
@@ -363,7 +373,9 @@ impl Driver {
                 tracing::info!(%tail, "recovery done: the log releases");
                 if let Some(log) = effects.log {
                     for lsn in &effects.releases {
-                        self.shared.releases.enqueue(log, *lsn, &effects.targets);
+                        self.shared
+                            .releases
+                            .enqueue(log, *lsn, effects.epoch, &effects.targets);
                     }
                 }
                 return Some(Outcome::Done);

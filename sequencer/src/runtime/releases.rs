@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tally_common::transport::{Connector, NodeProtocol};
 use tally_common::wire::node::{MAX_RELEASES, NodeRequest, NodeResponse, Release};
-use tally_common::{LogId, Lsn, NodeId};
+use tally_common::{Epoch, LogId, Lsn, NodeId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +25,8 @@ use super::placement::Membership;
 
 #[derive(Debug, Default)]
 struct NodeQueue {
-    pending: BTreeMap<LogId, Lsn>,
+    /// Per log: the release point and the epoch of the sequencer that released it.
+    pending: BTreeMap<LogId, (Lsn, Epoch)>,
     in_flight: bool,
 }
 
@@ -50,8 +51,9 @@ impl ReleaseBroadcaster {
         }
     }
 
-    /// Queues `lsn` as the release point of `log` for every node of `targets`.
-    pub fn enqueue(&self, log: LogId, lsn: Lsn, targets: &[NodeId]) {
+    /// Queues `lsn`, released by the sequencer of `epoch`, as the release point of `log` for
+    /// every node of `targets`.
+    pub fn enqueue(&self, log: LogId, lsn: Lsn, epoch: Epoch, targets: &[NodeId]) {
         {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
             for node in targets {
@@ -61,7 +63,7 @@ impl ReleaseBroadcaster {
                     .pending
                     .entry(log)
                     .or_default();
-                *slot = (*slot).max(lsn);
+                *slot = (slot.0.max(lsn), slot.1.max(epoch));
             }
         }
         self.wake.notify_one();
@@ -108,7 +110,7 @@ impl ReleaseBroadcaster {
             queue.in_flight = true;
             let releases = std::mem::take(&mut queue.pending)
                 .into_iter()
-                .map(|(log, lsn)| Release { log, lsn })
+                .map(|(log, (lsn, epoch))| Release { log, lsn, epoch })
                 .collect();
             batches.push((*node, releases));
         }
@@ -168,7 +170,6 @@ impl ReleaseBroadcaster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_common::Epoch;
     use tally_common::Esn;
 
     #[test]
@@ -176,28 +177,31 @@ mod tests {
         let b =
             ReleaseBroadcaster::new(NodeId(1), Duration::from_millis(1), Duration::from_secs(1));
         let lsn = |n| Lsn::new(Epoch(1), Esn(n));
-        b.enqueue(LogId(1), lsn(5), &[NodeId(10), NodeId(11)]);
-        b.enqueue(LogId(1), lsn(3), &[NodeId(10)]);
-        b.enqueue(LogId(2), lsn(1), &[NodeId(10)]);
+        b.enqueue(LogId(1), lsn(5), Epoch(1), &[NodeId(10), NodeId(11)]);
+        b.enqueue(LogId(1), lsn(3), Epoch(2), &[NodeId(10)]);
+        b.enqueue(LogId(2), lsn(1), Epoch(1), &[NodeId(10)]);
         let mut batches = b.take_batches();
         batches.sort_by_key(|(n, _)| *n);
         assert_eq!(batches.len(), 2);
         assert_eq!(
             batches[0].1,
             vec![
+                // The highest point and the highest releasing epoch.
                 Release {
                     log: LogId(1),
-                    lsn: lsn(5)
+                    lsn: lsn(5),
+                    epoch: Epoch(2),
                 },
                 Release {
                     log: LogId(2),
-                    lsn: lsn(1)
+                    lsn: lsn(1),
+                    epoch: Epoch(1),
                 }
             ]
         );
         // Node 10 is in flight: new releases wait, merged.
-        b.enqueue(LogId(1), lsn(7), &[NodeId(10)]);
-        b.enqueue(LogId(1), lsn(6), &[NodeId(10)]);
+        b.enqueue(LogId(1), lsn(7), Epoch(2), &[NodeId(10)]);
+        b.enqueue(LogId(1), lsn(6), Epoch(3), &[NodeId(10)]);
         assert!(b.take_batches().is_empty());
         b.sent(NodeId(10));
         assert_eq!(
@@ -206,7 +210,8 @@ mod tests {
                 NodeId(10),
                 vec![Release {
                     log: LogId(1),
-                    lsn: lsn(7)
+                    lsn: lsn(7),
+                    epoch: Epoch(3),
                 }]
             )]
         );

@@ -83,7 +83,10 @@ impl SequencerNode {
                     None => {
                         return error(ErrorCode::Unavailable, "membership is not known yet");
                     }
-                    Some(Placement::Redirect(owner)) => return ClientResponse::Redirect { owner },
+                    Some(Placement::Redirect(owner)) => {
+                        self.config.metrics.redirects.inc();
+                        return ClientResponse::Redirect { owner };
+                    }
                     Some(Placement::Here) => {}
                 }
             }
@@ -96,8 +99,16 @@ impl SequencerNode {
                 TrySequence::Outcome(outcome, effects) => {
                     self.apply(effects);
                     match outcome {
-                        SequenceOutcome::Granted(grant) => return ClientResponse::Granted(grant),
-                        SequenceOutcome::NoBufs => return ClientResponse::SeqNoBufs,
+                        SequenceOutcome::Granted(grant) => {
+                            let metrics = &self.config.metrics;
+                            metrics.grants.inc();
+                            metrics.appends.inc_by(u64::from(grant.count));
+                            return ClientResponse::Granted(grant);
+                        }
+                        SequenceOutcome::NoBufs => {
+                            self.config.metrics.no_bufs.inc();
+                            return ClientResponse::SeqNoBufs;
+                        }
                         // ESN exhaustion: activate a new epoch right here. (A preempted epoch
                         // never gets here, `try_sequence` asks for activation first.)
                         SequenceOutcome::Reactivating | SequenceOutcome::Preempted { .. } => {}
@@ -132,6 +143,11 @@ impl SequencerNode {
     fn report_stored(&self, log: LogId, first: Lsn, count: u32) -> ClientResponse {
         match self.logs.stored(log, first, count, Instant::now()) {
             Report::Applied(effects) => {
+                let metrics = &self.config.metrics;
+                metrics.appends_completed.inc_by(u64::from(count));
+                if let Some(at) = effects.granted_at {
+                    metrics.append_latency.observe(at.elapsed());
+                }
                 self.apply(effects);
                 ClientResponse::Ack
             }

@@ -2,6 +2,10 @@
 //! LSN, min/max timestamp and approximate bytes, so reads, `find_time` and `data_size` skip
 //! partitions that cannot hold what is asked, and retention knows what each partition holds.
 //!
+//! Persistence: an entry is written to the `meta` column family when it is created or extended
+//! downwards; growth upwards is written lazily by the writer and repaired from the records on
+//! open after a crash (see `writer` and `open`).
+//!
 //! Invariant (kept by [`Directory::target`]): for each log, the LSN ranges of its partitions
 //! are disjoint and increase with the partition id. New LSNs above everything go to the newest
 //! partition; a write at or below a log's highest LSN goes to the partition whose range
@@ -139,20 +143,35 @@ impl Directory {
         (oldest, false)
     }
 
-    /// Accounts one written record.
-    pub fn record_write(&mut self, log: LogId, pid: PartitionId, lsn: Lsn, ts: u64, bytes: u64) {
+    /// Accounts one written record. Returns whether the entry was created or extended
+    /// downwards (a lower first LSN or minimum timestamp): such changes cannot be recovered
+    /// from the records after a crash, so the writer persists them in the same batch; growth
+    /// upwards (last LSN, maximum timestamp, bytes) can be, and is persisted lazily.
+    pub fn record_write(
+        &mut self,
+        log: LogId,
+        pid: PartitionId,
+        lsn: Lsn,
+        ts: u64,
+        bytes: u64,
+    ) -> bool {
+        let mut created = false;
         let entry = self
             .entries
             .entry(log)
             .or_default()
             .entry(pid)
-            .or_insert(DirEntry {
-                first_lsn: lsn,
-                last_lsn: lsn,
-                min_timestamp_ms: ts,
-                max_timestamp_ms: ts,
-                bytes: 0,
+            .or_insert_with(|| {
+                created = true;
+                DirEntry {
+                    first_lsn: lsn,
+                    last_lsn: lsn,
+                    min_timestamp_ms: ts,
+                    max_timestamp_ms: ts,
+                    bytes: 0,
+                }
             });
+        let lowered = lsn < entry.first_lsn || ts < entry.min_timestamp_ms;
         entry.first_lsn = entry.first_lsn.min(lsn);
         entry.last_lsn = entry.last_lsn.max(lsn);
         entry.min_timestamp_ms = entry.min_timestamp_ms.min(ts);
@@ -161,6 +180,7 @@ impl Directory {
         if let Some(p) = self.partitions.get_mut(&pid) {
             p.bytes = p.bytes.saturating_add(bytes);
         }
+        created || lowered
     }
 
     /// The entries of one log in partition (= LSN) order.

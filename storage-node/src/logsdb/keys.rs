@@ -78,6 +78,11 @@ pub(crate) enum MetaTag {
     LastCleanEpoch = 9,
     /// `[10] ‖ log u64 ‖ epoch u32` → LNG of that epoch (esn u32).
     EpochLng = 10,
+    /// `[11] ‖ partition u64` → empty: directory entries of this partition may lag behind its
+    /// records (the writer persists growth of an entry lazily; see `writer`). Open repairs
+    /// the entries of every marked partition from the records, then deletes the marks; a
+    /// clean close persists every entry and deletes them.
+    DirectoryLag = 11,
 }
 
 impl MetaTag {
@@ -93,6 +98,7 @@ impl MetaTag {
             8 => MetaTag::LastReleased,
             9 => MetaTag::LastCleanEpoch,
             10 => MetaTag::EpochLng,
+            11 => MetaTag::DirectoryLag,
             _ => return None,
         })
     }
@@ -111,6 +117,12 @@ pub(crate) fn partition_key(id: PartitionId) -> Vec<u8> {
 pub(crate) fn directory_key(log: LogId, id: PartitionId) -> Vec<u8> {
     let mut k = vec![MetaTag::Directory as u8];
     k.extend_from_slice(&log.to_be_bytes());
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+pub(crate) fn directory_lag_key(id: PartitionId) -> Vec<u8> {
+    let mut k = vec![MetaTag::DirectoryLag as u8];
     k.extend_from_slice(&id.0.to_be_bytes());
     k
 }

@@ -1,23 +1,28 @@
-//! Opening support: reading the whole `meta` column family into memory, and making the
-//! partition list agree with the column families after a crash.
+//! Opening support: reading the whole `meta` column family into memory, making the
+//! partition list agree with the column families after a crash, and bringing directory
+//! entries that lag behind their records (persisted lazily by the writer) up to date.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use tally_common::{Epoch, Esn, LogId, Lsn};
 
 use super::Db;
 use super::directory::{DirEntry, Directory, PartitionId, PartitionInfo};
 use super::error::{CorruptKind, LogsDbError};
-use super::keys::{self, MetaTag, be_u32, be_u64};
+use super::keys::{self, DATA_TAG, MetaTag, be_u32, be_u64};
 use super::log_meta::LogMeta;
 use super::shared::{META_CF, sync_write_opts};
+use super::value;
 
+/// What `load_meta` read: the directory, per-log metadata, the run state, the schema version
+/// and the partitions with a directory lag mark.
 pub(crate) type Loaded = (
     Directory,
     HashMap<LogId, LogMeta>,
     Option<(bool, bool)>,
     Option<u32>,
+    BTreeSet<PartitionId>,
 );
 
 /// Reads the whole `meta` column family into memory.
@@ -29,6 +34,7 @@ pub(crate) fn load_meta(db: &Db) -> Result<Loaded, LogsDbError> {
     let mut logs: HashMap<LogId, LogMeta> = HashMap::new();
     let mut run_state = None;
     let mut schema = None;
+    let mut lagging = BTreeSet::new();
     for item in db.iterator_cf(&cf, IteratorMode::Start) {
         let (k, v) = item?;
         let bad = |what| LogsDbError::CorruptMeta(CorruptKind::Meta(what));
@@ -84,9 +90,97 @@ pub(crate) fn load_meta(db: &Db) -> Result<Loaded, LogsDbError> {
                     .epoch_lng
                     .insert(epoch, Esn(v32()?));
             }
+            MetaTag::DirectoryLag => {
+                if k.len() != 9 || !v.is_empty() {
+                    return Err(bad("directory lag mark"));
+                }
+                lagging.insert(PartitionId(
+                    be_u64(&k, 1).ok_or_else(|| bad("directory lag key"))?,
+                ));
+            }
         }
     }
-    Ok((dir, logs, run_state, schema))
+    Ok((dir, logs, run_state, schema, lagging))
+}
+
+/// Brings the directory entries of the partitions in `lagging` up to their records, then
+/// persists them and deletes the lag marks (synced). The writer persists an entry's upward
+/// growth (last LSN, maximum timestamp, bytes) lazily, so after a crash an entry may end below
+/// the records of its log in its partition; every record above the persisted last LSN is
+/// read once here (at most a few dozen group commits' worth per entry). Returns how many
+/// entries moved.
+pub(crate) fn repair_lagging_directory(
+    db: &Db,
+    dir: &mut Directory,
+    lagging: &BTreeSet<PartitionId>,
+) -> Result<usize, LogsDbError> {
+    if lagging.is_empty() {
+        return Ok(0);
+    }
+    let meta_cf = db
+        .cf_handle(META_CF)
+        .expect("meta column family is opened with the database");
+    let mut wb = WriteBatch::default();
+    let mut repaired = 0;
+    for &pid in lagging {
+        wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
+        if !dir.partitions.contains_key(&pid) {
+            continue;
+        }
+        let Some(cf) = db.cf_handle(&pid.cf_name()) else {
+            continue;
+        };
+        let mut added_bytes = 0u64;
+        for (&log, entries) in dir.entries.iter_mut() {
+            let Some(e) = entries.get_mut(&pid) else {
+                continue;
+            };
+            if e.last_lsn == Lsn::MAX {
+                continue;
+            }
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(keys::record_upper_bound(DATA_TAG, log, Lsn::MAX));
+            let mut it = db.raw_iterator_cf_opt(&cf, opts);
+            it.seek(keys::record_key(DATA_TAG, log, e.last_lsn.next()));
+            let before = *e;
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let Some((_, _, lsn)) = keys::parse_record_key(k) else {
+                    return Err(LogsDbError::CorruptMeta(CorruptKind::Key));
+                };
+                e.last_lsn = e.last_lsn.max(lsn);
+                let mut bytes = 2 * keys::RECORD_KEY_LEN + v.len();
+                match value::decode(log, lsn, v) {
+                    Ok(sv) => {
+                        let ts = sv.record.header.timestamp_ms;
+                        e.max_timestamp_ms = e.max_timestamp_ms.max(ts);
+                        bytes += value::encode_csi(&sv.record.header).len();
+                    }
+                    Err(kind) => {
+                        tracing::warn!(log = log.0, %lsn, %kind, "corrupt record while repairing the directory");
+                    }
+                }
+                e.bytes = e.bytes.saturating_add(bytes as u64);
+                added_bytes = added_bytes.saturating_add(bytes as u64);
+                it.next();
+            }
+            it.status()?;
+            if *e != before {
+                wb.put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
+                repaired += 1;
+            }
+        }
+        if let Some(info) = dir.partitions.get_mut(&pid) {
+            info.bytes = info.bytes.saturating_add(added_bytes);
+        }
+    }
+    db.write_opt(wb, &sync_write_opts())?;
+    if repaired > 0 {
+        tracing::info!(
+            entries = repaired,
+            "repaired directory entries after an unclean shutdown"
+        );
+    }
+    Ok(repaired)
 }
 
 /// Makes the partition list and the column families agree after a crash between creating (or

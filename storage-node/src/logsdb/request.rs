@@ -11,12 +11,14 @@ use super::directory::PartitionId;
 use super::error::LogsDbError;
 use super::retention::RetentionReport;
 
-/// A record ready for the writer: its header and its value already encoded (by the caller's
-/// thread, so the writer thread only merges and writes).
+/// A record ready for the writer: its header, its value and its copyset-index value already
+/// encoded (by the caller's thread, so the writer thread only merges and writes; the index
+/// value is re-encoded only when a merge changes the metadata).
 #[derive(Debug)]
 pub(crate) struct PreparedRecord {
     pub header: RecordHeader,
     pub value: Vec<u8>,
+    pub csi: Vec<u8>,
 }
 
 #[derive(Debug)]

@@ -24,7 +24,7 @@ use super::identity::{DirLock, NodeIdentity};
 use super::keys::{self, MetaTag};
 use super::log_meta::LogMeta;
 use super::notify::LogWatch;
-use super::open::{load_meta, reconcile_partitions};
+use super::open::{load_meta, reconcile_partitions, repair_lagging_directory};
 use super::query::{self, FindTimeAccuracy};
 use super::reader::{self, CopysetIterator, LogIterator, ReadItem};
 use super::request::{
@@ -114,7 +114,7 @@ impl LogsDb {
             }
         }
         let db = Db::open_cf_descriptors(&opts, &db_path, descriptors)?;
-        let (mut dir_state, logs, run_state, schema) = load_meta(&db)?;
+        let (mut dir_state, logs, run_state, schema, lagging) = load_meta(&db)?;
         match schema {
             None => put_meta_synced(
                 &db,
@@ -129,6 +129,7 @@ impl LogsDb {
             }
         }
         reconcile_partitions(&db, &mut dir_state, &cf_partitions)?;
+        repair_lagging_directory(&db, &mut dir_state, &lagging)?;
         if dir_state.partitions.is_empty() {
             let pid = PartitionId(1);
             db.create_cf(pid.cf_name(), &partition_opts)?;
@@ -282,9 +283,11 @@ impl LogsDb {
                 return Err(LogsDbError::PayloadChecksum { log, lsn, source });
             }
             let value = value::encode_new_with_crc(&r, crc);
+            let csi = value::encode_csi(&r.header);
             prepared.push(PreparedRecord {
                 header: r.header,
                 value,
+                csi,
             });
         }
         Ok(prepared)
@@ -484,6 +487,22 @@ impl LogsDb {
             .await?
             .wait_async()
             .await
+    }
+
+    /// Removes every copy at `lsns` (as [`LogsDb::remove_copy`] does one), all queued before
+    /// any is waited for, so one group commit syncs them together.
+    pub async fn remove_copies(&self, log: LogId, lsns: &[Lsn]) -> Result<(), LogsDbError> {
+        let mut tickets = Vec::with_capacity(lsns.len());
+        for &lsn in lsns {
+            tickets.push(
+                self.submit_async(Op::RemoveCopy { log, lsn }, Durability::Durable, done)
+                    .await?,
+            );
+        }
+        for ticket in tickets {
+            ticket.wait_async().await?;
+        }
+        Ok(())
     }
 
     pub fn remove_copy_blocking(&self, log: LogId, lsn: Lsn) -> Result<(), LogsDbError> {

@@ -9,13 +9,21 @@
 //! acknowledges them: many batches share one fsync, and the writer keeps writing while the
 //! syncer waits on the disk. Seals are always acknowledged after the sync.
 //!
+//! Record and copyset-index writes of a group are staged and written in key order (see
+//! [`Batch`]). Directory entries are persisted in the group's batch when they are created or
+//! extended downwards; their upward growth (last LSN, maximum timestamp, bytes), which open can
+//! recover from the records, is persisted once per [`DIR_PERSIST_EVERY_GROUPS`] groups and at
+//! a clean close, under a per-partition lag mark that makes open repair the partition's
+//! entries after a crash (`open::repair_lagging_directory`). Readers always see the exact
+//! in-memory directory.
+//!
 //! After publishing, the writer wakes the [`super::LogWatch`]es of logs whose last released
 //! LSN or trim point moved (tailing read streams).
 //!
 //! On any write or sync error LogsDB stops acknowledging: every later request fails with
 //! `Failed` until the process restarts (DESIGN §7).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
@@ -37,25 +45,97 @@ use super::value;
 /// How many groups pass between checks of the newest partition's SST-file count.
 const FILE_CHECK_EVERY_GROUPS: u32 = 64;
 
+/// Directory entries that only grew upwards are persisted once per this many groups (and at
+/// a clean close); a crash in between is repaired at open (see `keys::MetaTag::DirectoryLag`).
+const DIR_PERSIST_EVERY_GROUPS: u32 = 64;
+
 /// Fields of a log's metadata changed in the current batch.
 #[derive(Default)]
 struct Touched {
+    /// Directory entries changed (published to readers).
     dir: BTreeSet<(LogId, PartitionId)>,
+    /// Directory entries to persist in this batch (created or extended downwards).
+    dir_now: BTreeSet<(LogId, PartitionId)>,
+    /// Partitions whose directory entries start lagging behind their records in this batch.
+    lag_marks: BTreeSet<PartitionId>,
     meta: BTreeSet<(LogId, MetaTag)>,
     lng: BTreeSet<(LogId, Epoch)>,
     partitions: BTreeSet<PartitionId>,
 }
 
+/// What the current batch does to the copy at one `(log, lsn)`: the latest staged write
+/// (later writes to one LSN in one batch are merged into it by precedence) or its removal.
+enum Staged {
+    Put {
+        pid: PartitionId,
+        value: Vec<u8>,
+        csi: Vec<u8>,
+    },
+    Delete {
+        pid: PartitionId,
+    },
+}
+
 /// One batch being assembled.
+///
+/// Record and copyset-index writes are staged per `(log, lsn)` and go into the `WriteBatch`
+/// only at commit, in key order: every data key of the batch in `(log, lsn)` order, then every
+/// copyset-index key in the same order. RocksDB applies a batch to the memtable in batch order
+/// and reuses the skiplist position of the previous insert, so sorted inserts are much cheaper
+/// than inserts alternating between the data and index halves of the key space (the profile
+/// of `tally bench storage` showed the memtable skiplist search as the writer's largest cost).
+/// Staging also lets a later write to one LSN in the same batch merge with the staged copy (or
+/// see its removal) without a read, and writes each key once per batch.
+///
+/// An operation that deletes records must stage its deletions here too (see
+/// [`Batch::stage_delete`]), never write them to a `WriteBatch` directly: a staged put of the
+/// same key would be written after it at commit and bring the record back.
 #[derive(Default)]
 struct Batch {
-    wb: WriteBatch,
     touched: Touched,
-    /// Encoded values written in this batch, for repeated writes to one LSN.
-    pending: HashMap<(LogId, Lsn), Vec<u8>>,
+    staged: BTreeMap<(LogId, Lsn), Staged>,
+    /// Bytes of keys and values staged (sizes the `WriteBatch` at commit).
+    staged_bytes: usize,
     fast: Vec<Pending>,
     durable: Vec<Pending>,
     has_fast_store: bool,
+}
+
+impl Batch {
+    /// Stages the removal of the copy at `(log, lsn)` in partition `pid` (data key and
+    /// copyset-index key), replacing any write of it staged earlier in this batch.
+    fn stage_delete(&mut self, pid: PartitionId, log: LogId, lsn: Lsn) {
+        self.staged_bytes += 2 * keys::RECORD_KEY_LEN;
+        self.staged.insert((log, lsn), Staged::Delete { pid });
+    }
+
+    /// Appends the staged record writes to `wb` in key order (data keys, then index keys).
+    fn write_records(&self, db: &Db, wb: &mut WriteBatch) -> Result<(), LogsDbError> {
+        let mut cfs: Vec<(PartitionId, Arc<BoundColumnFamily<'_>>)> = Vec::new();
+        let mut cf_of = |pid: PartitionId| -> Result<Arc<BoundColumnFamily<'_>>, LogsDbError> {
+            if let Some((_, cf)) = cfs.iter().find(|(p, _)| *p == pid) {
+                return Ok(cf.clone());
+            }
+            let cf = db.cf_handle(&pid.cf_name()).ok_or_else(|| {
+                LogsDbError::Failed(format!("partition {pid} has no column family"))
+            })?;
+            cfs.push((pid, cf.clone()));
+            Ok(cf)
+        };
+        for tag in [DATA_TAG, CSI_TAG] {
+            for (&(log, lsn), staged) in &self.staged {
+                let key = keys::record_key(tag, log, lsn);
+                match staged {
+                    Staged::Put { pid, value, csi } => {
+                        let v = if tag == DATA_TAG { value } else { csi };
+                        wb.put_cf(&cf_of(*pid)?, key, v);
+                    }
+                    Staged::Delete { pid } => wb.delete_cf(&cf_of(*pid)?, key),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct Writer {
@@ -66,6 +146,12 @@ pub(crate) struct Writer {
     logs: HashMap<LogId, LogMeta>,
     fast_marked: bool,
     groups_since_file_check: u32,
+    /// Directory entries changed in memory since they were last persisted. Each one only grew
+    /// upwards (last LSN, maximum timestamp, bytes), which open can recover from the records.
+    dir_lagging: BTreeSet<(LogId, PartitionId)>,
+    /// Partitions with a persisted lag mark written by this run.
+    dir_marked: BTreeSet<PartitionId>,
+    groups_since_dir_persist: u32,
 }
 
 impl Writer {
@@ -84,6 +170,9 @@ impl Writer {
             logs,
             fast_marked: false,
             groups_since_file_check: 0,
+            dir_lagging: BTreeSet::new(),
+            dir_marked: BTreeSet::new(),
+            groups_since_dir_persist: 0,
         }
     }
 
@@ -107,6 +196,36 @@ impl Writer {
                 .requests
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
             self.process(group);
+        }
+        self.persist_directory();
+    }
+
+    /// At a clean close: persists every lagging directory entry and deletes this run's lag
+    /// marks (not synced here: the close syncs the WAL before it records a clean shutdown).
+    fn persist_directory(&mut self) {
+        if self.shared.failure.get().is_some()
+            || (self.dir_lagging.is_empty() && self.dir_marked.is_empty())
+        {
+            return;
+        }
+        let shared = self.shared.clone();
+        let meta_cf = shared.meta_cf();
+        let mut wb = WriteBatch::default();
+        for &(log, pid) in &self.dir_lagging {
+            if let Some(e) = self.dir.entry(log, pid) {
+                wb.put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
+            }
+        }
+        for &pid in &self.dir_marked {
+            wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
+        }
+        drop(meta_cf);
+        match shared.db.write_opt(wb, &WriteOptions::default()) {
+            Ok(()) => {
+                self.dir_lagging.clear();
+                self.dir_marked.clear();
+            }
+            Err(e) => shared.fail(format!("persisting the directory at close: {e}")),
         }
     }
 
@@ -252,13 +371,8 @@ impl Writer {
             }
             Op::RemoveCopy { log, lsn } => {
                 let (pid, maybe_there) = self.dir.target(log, lsn);
-                if maybe_there || batch.pending.contains_key(&(log, lsn)) {
-                    let cf = Self::cf(db, cfs, pid)?;
-                    batch
-                        .wb
-                        .delete_cf(&cf, keys::record_key(DATA_TAG, log, lsn));
-                    batch.wb.delete_cf(&cf, keys::record_key(CSI_TAG, log, lsn));
-                    batch.pending.remove(&(log, lsn));
+                if maybe_there || batch.staged.contains_key(&(log, lsn)) {
+                    batch.stage_delete(pid, log, lsn);
                 }
                 Ok((OpResult::Done, durable))
             }
@@ -286,6 +400,7 @@ impl Writer {
                 });
             }
         }
+        let mut written = 0;
         for r in records {
             let (log, lsn) = (r.header.log, r.header.lsn);
             let meta = self.logs.entry(log).or_default();
@@ -309,18 +424,19 @@ impl Writer {
                 batch.touched.lng.insert((log, lsn.epoch()));
             }
             let (pid, maybe_there) = self.dir.target(log, lsn);
-            let cf = Self::cf(db, cfs, pid)?;
-            let data_key = keys::record_key(DATA_TAG, log, lsn);
-            let existing = match batch.pending.get(&(log, lsn)) {
-                Some(bytes) => Some(bytes.clone()),
-                None if maybe_there => db.get_cf(&cf, data_key)?,
+            // The copy this write merges with: staged earlier in this batch (taken out, it is
+            // replaced below), removed earlier in this batch (none), or stored before.
+            let existing = match batch.staged.remove(&(log, lsn)) {
+                Some(Staged::Put { value, .. }) => Some(value),
+                Some(Staged::Delete { .. }) => None,
+                None if maybe_there => {
+                    let cf = Self::cf(db, cfs, pid)?;
+                    db.get_cf(&cf, keys::record_key(DATA_TAG, log, lsn))?
+                }
                 None => None,
             };
             let (value, csi) = match existing {
-                None => {
-                    let csi = value::encode_csi(&r.header);
-                    (r.value, csi)
-                }
+                None => (r.value, r.csi),
                 Some(old) => {
                     let incoming = value::decode(log, lsn, &r.value)
                         .map_err(|kind| LogsDbError::Corrupt { log, lsn, kind })?;
@@ -338,24 +454,43 @@ impl Writer {
                     )
                 }
             };
-            let bytes = (2 * keys::RECORD_KEY_LEN + value.len() + csi.len()) as u64;
-            batch.wb.put_cf(&cf, data_key, &value);
-            batch
-                .wb
-                .put_cf(&cf, keys::record_key(CSI_TAG, log, lsn), &csi);
-            self.dir
-                .record_write(log, pid, lsn, r.header.timestamp_ms, bytes);
+            let bytes = 2 * keys::RECORD_KEY_LEN + value.len() + csi.len();
+            let persist_now =
+                self.dir
+                    .record_write(log, pid, lsn, r.header.timestamp_ms, bytes as u64);
+            if persist_now {
+                batch.touched.dir_now.insert((log, pid));
+            } else if !batch.touched.dir_now.contains(&(log, pid)) {
+                self.dir_lagging.insert((log, pid));
+                if !self.dir_marked.contains(&pid) {
+                    batch.touched.lag_marks.insert(pid);
+                }
+            }
             batch.touched.dir.insert((log, pid));
             batch.touched.partitions.insert(pid);
-            batch.pending.insert((log, lsn), value);
-            self.shared.stats.records.fetch_add(1, Ordering::Relaxed);
+            batch.staged_bytes += bytes;
+            batch
+                .staged
+                .insert((log, lsn), Staged::Put { pid, value, csi });
+            written += 1;
         }
+        self.shared
+            .stats
+            .records
+            .fetch_add(written, Ordering::Relaxed);
         Ok(())
     }
 
     /// Writes the batch, publishes it to readers, and acknowledges (or hands to the syncer).
     fn commit(&mut self, mut batch: Batch) {
-        if batch.fast.is_empty() && batch.durable.is_empty() && batch.wb.is_empty() {
+        let touched = &batch.touched;
+        if batch.fast.is_empty()
+            && batch.durable.is_empty()
+            && batch.staged.is_empty()
+            && touched.dir.is_empty()
+            && touched.meta.is_empty()
+            && touched.lng.is_empty()
+        {
             return;
         }
         let shared = self.shared.clone();
@@ -365,13 +500,37 @@ impl Writer {
             }
             return;
         }
-        let meta_cf = shared.meta_cf();
-        for &(log, pid) in &batch.touched.dir {
-            if let Some(e) = self.dir.entry(log, pid) {
-                batch
-                    .wb
-                    .put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
+        // Record bytes plus about 64 bytes per metadata entry and per-entry framing.
+        let capacity = batch.staged_bytes
+            + 8 * batch.staged.len()
+            + 64 * (batch.touched.dir.len() + batch.touched.meta.len() + batch.touched.lng.len())
+            + 64;
+        let mut wb = WriteBatch::with_capacity_bytes(capacity);
+        if let Err(e) = batch.write_records(&shared.db, &mut wb) {
+            let msg = format!("writing staged records: {e}");
+            shared.fail(msg.clone());
+            for (reply, _) in batch.fast.into_iter().chain(batch.durable) {
+                let _ = reply.send(Err(LogsDbError::Failed(msg.clone())));
             }
+            return;
+        }
+        let meta_cf = shared.meta_cf();
+        // Directory entries: those that must be persisted now, or every lagging one when a
+        // periodic persist is due; and the lag marks of partitions that start lagging.
+        self.groups_since_dir_persist += 1;
+        if self.groups_since_dir_persist >= DIR_PERSIST_EVERY_GROUPS {
+            self.groups_since_dir_persist = 0;
+            let lagging = std::mem::take(&mut self.dir_lagging);
+            batch.touched.dir_now.extend(lagging);
+        }
+        for &(log, pid) in &batch.touched.dir_now {
+            self.dir_lagging.remove(&(log, pid));
+            if let Some(e) = self.dir.entry(log, pid) {
+                wb.put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
+            }
+        }
+        for &pid in &batch.touched.lag_marks {
+            wb.put_cf(&meta_cf, keys::directory_lag_key(pid), []);
         }
         for &(log, tag) in &batch.touched.meta {
             let m = self.logs.get(&log).cloned().unwrap_or_default();
@@ -383,7 +542,7 @@ impl Writer {
                 MetaTag::LastCleanEpoch => m.last_clean_epoch.0.to_be_bytes().to_vec(),
                 _ => continue,
             };
-            batch.wb.put_cf(&meta_cf, keys::log_key(tag, log), v);
+            wb.put_cf(&meta_cf, keys::log_key(tag, log), v);
         }
         for &(log, epoch) in &batch.touched.lng {
             let lng = self
@@ -391,7 +550,7 @@ impl Writer {
                 .get(&log)
                 .and_then(|m| m.epoch_lng.get(&epoch).copied())
                 .unwrap_or_default();
-            batch.wb.put_cf(
+            wb.put_cf(
                 &meta_cf,
                 keys::epoch_lng_key(log, epoch),
                 lng.0.to_be_bytes(),
@@ -401,23 +560,20 @@ impl Writer {
         if batch.has_fast_store && !self.fast_marked {
             // An unclean shutdown may now lose acknowledged `fast` writes: say so durably
             // before acknowledging the first one.
-            batch
-                .wb
-                .put_cf(&meta_cf, keys::meta_key(MetaTag::RunState), [0u8, 1u8]);
+            wb.put_cf(&meta_cf, keys::meta_key(MetaTag::RunState), [0u8, 1u8]);
             durable.append(&mut batch.fast);
             self.fast_marked = true;
         }
         drop(meta_cf);
-        if let Err(e) = shared
-            .db
-            .write_opt(std::mem::take(&mut batch.wb), &WriteOptions::default())
-        {
+        if let Err(e) = shared.db.write_opt(wb, &WriteOptions::default()) {
             shared.fail(format!("write: {e}"));
             for (reply, _) in batch.fast.into_iter().chain(durable) {
                 let _ = reply.send(Err(LogsDbError::Failed(format!("write: {e}"))));
             }
             return;
         }
+        self.dir_marked
+            .extend(batch.touched.lag_marks.iter().copied());
         self.publish(&batch.touched);
         for (reply, result) in batch.fast {
             let _ = reply.send(Ok(result));
@@ -547,6 +703,7 @@ impl Writer {
         }
         for &pid in &report.dropped {
             wb.delete_cf(&meta_cf, keys::partition_key(pid));
+            wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
             for (log, m) in &self.dir.entries {
                 if m.contains_key(&pid) {
                     wb.delete_cf(&meta_cf, keys::directory_key(*log, pid));
@@ -573,6 +730,8 @@ impl Writer {
             .notify(report.trimmed.iter().map(|(log, _)| *log));
         for &pid in &report.dropped {
             self.dir.remove_partition(pid);
+            self.dir_lagging.retain(|&(_, p)| p != pid);
+            self.dir_marked.remove(&pid);
             shared.db.drop_cf(&pid.cf_name())?;
             tracing::info!(partition = %pid, "dropped partition");
         }

@@ -59,6 +59,9 @@ impl StorageNode {
                 | ClientRequest::DataSize { .. }
                 | ClientRequest::GetClusterState
                 | ClientRequest::GetLogMetadata { .. }
+                | ClientRequest::ListLogs
+                | ClientRequest::UpdateLog { .. }
+                | ClientRequest::ScanEstimate { .. }
         )
     }
 
@@ -117,6 +120,14 @@ impl StorageNode {
                     Ok(Err(e)) => error(store_error(&e)),
                     Err(_) => error(remote(ErrorCode::Timeout, "epoch store call timed out")),
                 }
+            }
+            // Log administration and scan estimates: `log_admin`.
+            ClientRequest::ListLogs => self.list_logs(deadline).await,
+            ClientRequest::UpdateLog { log, attributes } => {
+                self.update_log(log, attributes, deadline).await
+            }
+            ClientRequest::ScanEstimate { log, from, until } => {
+                self.scan_estimate(log, from, until)
             }
             _ => return None,
         })

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tally_common::NodeId;
+use tally_common::metrics::StorageMetrics;
 
 use crate::logsdb::LogsDbConfig;
 
@@ -49,6 +50,8 @@ pub struct StorageConfig {
     /// of a read stream; a single larger record still goes alone. A stream holds at most two
     /// such batches in memory. Keep it well below the transport's frame limit.
     pub read_batch_bytes: usize,
+    /// Where the role records its metrics (the node's handle; a fresh one by default).
+    pub metrics: StorageMetrics,
 }
 
 impl StorageConfig {
@@ -71,6 +74,7 @@ impl StorageConfig {
             digest_batch_bytes: 1 << 20,
             max_read_streams: 1024,
             read_batch_bytes: 256 << 10,
+            metrics: StorageMetrics::default(),
         }
     }
 

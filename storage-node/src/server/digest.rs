@@ -6,13 +6,16 @@
 //! LogsDB reads are synchronous, so one blocking-pool task walks the records and hands
 //! batches over a channel of two slots: the reader stays at most two messages ahead of the
 //! network (bounded memory), and stops when the stream goes away or the server shuts down. A
-//! copy that fails verification is left out (it counts as missing on this node, DESIGN §3).
+//! copy that fails verification counts as missing on this node (DESIGN §3), but that a write
+//! happened there is still known: it is sent as *evidence* (an `AMEND` copy without payload),
+//! which forbids recovery to plug a hole at its ESN, so a damaged copy of an acknowledged
+//! record ends as `DataLoss` for readers, never as a false `Hole`.
 
 use tally_common::transport::{NodeProtocol, RequestContext, ServerStream};
 use tally_common::wire::client::MAX_READ_BATCH;
 use tally_common::wire::node::{NodeRequest, NodeResponse};
 use tally_common::wire::{ErrorCode, ReadRecord, RemoteError};
-use tally_common::{Epoch, Esn, LogId, Lsn};
+use tally_common::{Copyset, Epoch, Esn, LogId, Lsn, NodeId, RecordFlags, RecordHeader};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -20,6 +23,24 @@ use super::StorageNode;
 use super::admission::RECORD_OVERHEAD_BYTES;
 use super::store_path::{error_of, remote};
 use crate::logsdb::ReadItem;
+
+/// What a digest says of a copy that failed verification: a payload-less `AMEND` naming only
+/// this node, which recovery treats as evidence of a write and never as content.
+fn evidence(log: LogId, lsn: Lsn, node: NodeId) -> ReadRecord {
+    ReadRecord {
+        header: RecordHeader {
+            log,
+            lsn,
+            timestamp_ms: 0,
+            lng: Esn::INVALID,
+            wave_or_seal: 0,
+            flags: RecordFlags::AMEND,
+            copyset: Copyset::new(vec![node]).expect("one node is a valid copyset"),
+            payload_crc32: 0,
+        },
+        payload: Vec::new(),
+    }
+}
 
 impl StorageNode {
     pub(crate) async fn serve_open(
@@ -78,7 +99,19 @@ impl StorageNode {
                         }
                         Ok(ReadItem::Trimmed { .. }) => {}
                         Ok(ReadItem::Corrupt { lsn, kind }) => {
-                            tracing::warn!(%node, %log, %lsn, %kind, "corrupt copy left out of digest");
+                            // Its content is lost here, but a write happened: recovery must
+                            // not plug a hole over it (it may be an acknowledged record).
+                            tracing::warn!(%node, %log, %lsn, %kind, "corrupt copy sent as evidence only");
+                            bytes += RECORD_OVERHEAD_BYTES;
+                            batch.push(evidence(log, lsn, node));
+                            if batch.len() >= MAX_READ_BATCH
+                                && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err()
+                            {
+                                return;
+                            }
+                            if batch.is_empty() {
+                                bytes = 0;
+                            }
                         }
                         Err(e) => {
                             let _ = tx.blocking_send(Err(error_of(e)));

@@ -12,6 +12,9 @@
 //! - `client_service`: [`StorageNode::handle_client`] and `Service<ClientProtocol>`.
 //! - `node_service`: `Service<NodeProtocol>` (Release, Seal, Store, Clean, Trim, Ping).
 //! - `digest`: the `StartDigest` push stream of recovery.
+//! - `log_admin`: `ListLogs` and `UpdateLog` through the epoch store, and `ScanEstimate`
+//!   (what a read of a range would scan here, from the partition directory; `tally grep
+//!   --stats`).
 //! - [`read`]: the `StartRead` push streams of readers (position, filters, bounded chunks,
 //!   tail following), and the single-copy shipping order ([`single_copy_shipper`]).
 //!
@@ -39,8 +42,11 @@
 //! }
 //! ```
 //!
-//! Not yet here: purging of records a missed recovery did not keep, and the recovery metadata of `Clean` (only the last clean
-//! epoch is recorded; the clean tail is not).
+//! - `purge`: settling the epochs below a release's sequencer epoch, and purging the copies a
+//!   recovery this node missed overruled (DESIGN §7).
+//!
+//! Not yet here: the recovery metadata of `Clean` (only the last clean epoch is recorded; the
+//! clean tail is not: a purge reads what recovery decided from the epoch store instead).
 
 pub mod admission;
 pub mod cluster;
@@ -50,7 +56,9 @@ pub mod read;
 
 mod client_service;
 mod digest;
+mod log_admin;
 mod node_service;
+mod purge;
 mod store_path;
 
 use std::sync::Arc;
@@ -68,6 +76,7 @@ pub use admission::{Admission, Admitted};
 pub use cluster::ClusterView;
 pub use config::{ConfigError, StorageConfig};
 pub use disk::DiskMonitor;
+pub use purge::PurgeStats;
 pub use read::{single_copy_order, single_copy_rank, single_copy_shipper};
 
 /// What the storage role needs from outside.
@@ -117,6 +126,8 @@ pub struct StorageNode {
     registration: Arc<tokio::sync::Mutex<Option<(NodeInfo, NodeLease)>>>,
     /// Set once LogsDB refused a write after an I/O failure (read-only until restart).
     write_failed: AtomicBool,
+    /// Which epochs are settled per log, and what purging did (`purge`).
+    purges: purge::Purges,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -324,6 +335,7 @@ pub async fn run(
         cluster: cluster.clone(),
         registration: Arc::new(tokio::sync::Mutex::new(None)),
         write_failed: AtomicBool::new(false),
+        purges: purge::Purges::default(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         config,

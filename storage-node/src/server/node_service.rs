@@ -1,13 +1,17 @@
 //! `Service<NodeProtocol>` of the storage role: what sequencers and other storage nodes ask.
 //!
 //! - `Release`: raises each log's last released LSN (monotone, not synced: sequencers
-//!   re-broadcast). Answer `Ack`.
+//!   re-broadcast), after settling the epochs below the releasing sequencer's (`purge`; a log
+//!   whose epochs cannot be settled now keeps its release point until the next broadcast).
+//!   Answer `Ack`.
 //! - `Seal{log, epoch}`: writes the seal durably (fsync before the answer). A node sealed
 //!   higher answers `Preempted{seal}`. Otherwise `Sealed{seal, lng, tail, last_released}`
 //!   where `tail` is the highest LSN this node holds of the log in epochs ≤ the seal (the
 //!   node's tail as the sealed sequencer left it; `Lsn::INVALID` if none above the trim
 //!   point) and `lng` is the node's LNG **of the epoch of `tail`** — recovery reads the pair
-//!   as describing that epoch only, and ignores it for other epochs.
+//!   as describing that epoch only, and ignores it for other epochs. `data_loss` says the node
+//!   may have lost acknowledged `fast` writes (it registers as `DataLoss` too, but membership
+//!   may lag): recovery does not count it towards an authoritative digest.
 //! - `Store`: a recovery or rebuilding store, same path as a client's (`store_path`).
 //! - `Clean{log, epoch, seal}`: refused with `Preempted{seal}` when this node's seal is above
 //!   the Clean's (a newer recovery owns the log); otherwise records `epoch` as the last clean
@@ -17,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use tally_common::meta::StorageState;
 use tally_common::transport::{NodeProtocol, RequestContext, ServerStream, Service};
 use tally_common::wire::ErrorCode;
 use tally_common::wire::node::{NodeRequest, NodeResponse, Release};
@@ -25,6 +30,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::StorageNode;
+use super::purge::PurgeError;
 use super::store_path::{Outcome, error_of, expired, remote};
 use crate::logsdb::{LogsDb, LogsDbError};
 
@@ -61,18 +67,30 @@ impl StorageNode {
         if let Some(e) = expired(deadline) {
             return NodeResponse::Error(e);
         }
-        // Only the highest point per log matters (release points never move back).
-        let mut highest: BTreeMap<LogId, Lsn> = BTreeMap::new();
+        // Only the highest point and epoch per log matter (both never move back).
+        let mut highest: BTreeMap<LogId, (Lsn, Epoch)> = BTreeMap::new();
         for r in releases {
             if !r.log.is_user() && !r.log.is_internal() {
                 return error(ErrorCode::BadRequest, format!("invalid log id {}", r.log.0));
             }
             let at = highest.entry(r.log).or_default();
-            *at = (*at).max(r.lsn);
+            *at = (at.0.max(r.lsn), at.1.max(r.epoch));
         }
-        for (log, lsn) in highest {
+        for (log, (lsn, epoch)) in highest {
             if lsn == Lsn::INVALID {
                 continue;
+            }
+            // Epochs below the releasing sequencer's are recovered: purge what this node
+            // missed of them before anything of theirs can be shipped. If that cannot be
+            // done now, this log's release waits for the next broadcast.
+            match self.settle_below(log, epoch).await {
+                Ok(()) => {}
+                Err(PurgeError::Busy) => continue,
+                Err(e) => {
+                    self.config.metrics.releases_held.inc();
+                    tracing::warn!(%log, %epoch, error = %e, "release held back: epochs below not settled");
+                    continue;
+                }
             }
             if let Err(e) = self.logsdb.set_last_released(log, lsn).await {
                 return NodeResponse::Error(error_of(e));
@@ -86,7 +104,10 @@ impl StorageNode {
             return NodeResponse::Error(e);
         }
         let seal = match self.logsdb.seal(log, epoch).await {
-            Ok(seal) => seal,
+            Ok(seal) => {
+                self.config.metrics.seals.inc();
+                seal
+            }
             Err(LogsDbError::Preempted { seal, .. }) => {
                 tracing::debug!(%seal, "seal refused: sealed higher");
                 return NodeResponse::Preempted { seal };
@@ -120,6 +141,7 @@ impl StorageNode {
             lng,
             tail,
             last_released: meta.last_released,
+            data_loss: self.storage_state() == StorageState::DataLoss,
         }
     }
 

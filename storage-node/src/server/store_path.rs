@@ -91,9 +91,22 @@ impl StorageNode {
     pub(crate) async fn store_batch(&self, batch: StoreBatch, deadline: Instant) -> Outcome {
         let span = tracing::debug_span!("store", node = %self.id(), log = %batch.log,
             first = %batch.records.first().map_or(Lsn::INVALID, |r| r.lsn), n = batch.records.len());
-        self.store_batch_inner(batch, deadline)
+        let (records, bytes) = (batch.records.len() as u64, batch.payload_bytes() as u64);
+        let started = Instant::now();
+        let outcome = self
+            .store_batch_inner(batch, deadline)
             .instrument(span)
-            .await
+            .await;
+        let metrics = &self.config.metrics;
+        if let Outcome::Status(StoreStatus::Stored) = outcome {
+            metrics.stores.inc();
+            metrics.stored_records.inc_by(records);
+            metrics.stored_bytes.inc_by(bytes);
+            metrics.store_latency.observe(started.elapsed());
+        } else {
+            metrics.stores_refused.inc();
+        }
+        outcome
     }
 
     async fn store_batch_inner(&self, batch: StoreBatch, deadline: Instant) -> Outcome {

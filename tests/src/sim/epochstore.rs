@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo};
-use tally_common::{Durability, Epoch, LogId, Lsn};
+use tally_common::{Durability, Epoch, LogId, Lsn, RecoveredEpoch};
 use tally_epochstore::{ActivateOptions, EpochStoreError, update};
 
 use super::net::{EsReply, Time};
@@ -46,8 +46,14 @@ impl EpochStoreSim {
         }
     }
 
-    pub(crate) fn write_lce(&mut self, epoch: Epoch, tail: Lsn, now: Time) -> EsReply {
-        match update::set_last_clean_epoch(&self.meta, epoch, tail) {
+    pub(crate) fn write_lce(
+        &mut self,
+        epoch: Epoch,
+        tail: Lsn,
+        outcome: Option<RecoveredEpoch>,
+        now: Time,
+    ) -> EsReply {
+        match update::set_last_clean_epoch(&self.meta, epoch, tail, outcome) {
             Ok(Some(meta)) => {
                 let before = self.meta.last_clean_epoch;
                 self.meta = meta;

@@ -7,7 +7,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use tally_common::wire::client::Grant;
 use tally_common::wire::{ReadRecord, StoreBatch, StoreStatus};
-use tally_common::{Durability, Epoch, Esn, Lsn, NodeId};
+use tally_common::{Durability, Epoch, Esn, Lsn, NodeId, RecoveredEpoch};
 use tally_epochstore::{Activation, EpochStoreError};
 
 use super::SimConfig;
@@ -39,8 +39,15 @@ pub(crate) enum SeqReply {
 /// A storage node's answer to a node-protocol request.
 #[derive(Debug, Clone)]
 pub(crate) enum NodeReply {
-    Sealed { seal: Epoch, lng: Esn, tail: Lsn },
-    Preempted { seal: Epoch },
+    Sealed {
+        seal: Epoch,
+        lng: Esn,
+        tail: Lsn,
+        data_loss: bool,
+    },
+    Preempted {
+        seal: Epoch,
+    },
     Digest(Vec<ReadRecord>),
     Stored(StoreStatus),
     Cleaned,
@@ -114,6 +121,7 @@ pub(crate) enum Msg {
         rpc: u64,
         epoch: Epoch,
         tail: Lsn,
+        outcome: Option<RecoveredEpoch>,
     },
     EsReply {
         rpc: u64,

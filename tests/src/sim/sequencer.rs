@@ -220,12 +220,18 @@ impl SeqNode {
                     return;
                 };
                 let events = match reply {
-                    NodeReply::Sealed { seal, lng, tail } => vec![REvent::Sealed {
+                    NodeReply::Sealed {
+                        seal,
+                        lng,
+                        tail,
+                        data_loss,
+                    } => vec![REvent::Sealed {
                         node,
                         attempt,
                         seal,
                         lng,
                         tail,
+                        data_loss,
                     }],
                     NodeReply::Preempted { seal } => vec![REvent::Preempted { node, seal }],
                     NodeReply::Digest(records) => {
@@ -501,7 +507,10 @@ impl SeqNode {
                         let Some(r) = self.running.as_ref() else {
                             continue;
                         };
-                        let sequencer_epoch = r.seq.epoch();
+                        let sequencer_epoch = r.seq.recovered_below();
+                        w.trace(|| {
+                            format!("seq{} releases {lsn} (epoch {sequencer_epoch})", self.id.0)
+                        });
                         for n in r.targets.clone() {
                             let msg = Msg::Release {
                                 lsn,
@@ -600,22 +609,25 @@ impl SeqNode {
                     },
                 );
                 w.trace(|| format!("seq{} cleans {epoch} on n{}", self.id.0, node.0));
-                let lng = self
-                    .running
-                    .as_ref()
-                    .and_then(|r| r.recovery.as_ref())
-                    .and_then(|rec| rec.current())
-                    .and_then(|c| c.plan())
-                    .map(|p| p.lng);
-                if let Some(lng) = lng {
-                    let known = w.recovered_lngs.entry(epoch).or_default();
-                    *known = (*known).max(lng);
-                }
                 w.send(me, Actor::Storage(node), Msg::Clean { rpc, epoch, seal });
             }
-            RAction::WriteLastCleanEpoch { epoch, tail, .. } => {
+            RAction::WriteLastCleanEpoch {
+                epoch,
+                tail,
+                outcome,
+                ..
+            } => {
                 let rpc = self.rpc(w, RpcKind::Lce { epoch });
-                w.send(me, Actor::EpochStore, Msg::WriteLce { rpc, epoch, tail });
+                w.send(
+                    me,
+                    Actor::EpochStore,
+                    Msg::WriteLce {
+                        rpc,
+                        epoch,
+                        tail,
+                        outcome,
+                    },
+                );
             }
             RAction::EpochRecovered { .. } => w.stat("epochs recovered"),
             RAction::Done { tail } => {

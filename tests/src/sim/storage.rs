@@ -2,13 +2,13 @@
 //! STORE / SEAL / CLEAN / RELEASE / digest rules of DESIGN §7 over an in-memory copy map, with
 //! a write-ahead log whose unsynced tail a crash may lose.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rand::Rng;
 use tally_common::wire::{ReadFilter, ReadRecord, StoreBatch, StoreStatus};
 use tally_common::{
     Durability, Epoch, Esn, LogId, Lsn, NodeId, Precedence, RecordFlags, RecordHeader,
-    verify_payload,
+    RecoveredEpoch, verify_payload,
 };
 use tally_storage_node::logsdb::{LogMeta, preemption};
 
@@ -38,8 +38,6 @@ impl Copy {
 pub(crate) struct NodeData {
     pub(crate) meta: LogMeta,
     pub(crate) copies: BTreeMap<Lsn, Copy>,
-    /// Epochs this node was told are clean (`Clean`): it took part in their recovery.
-    cleaned: BTreeSet<Epoch>,
     /// Every epoch below this is settled here (cleaned, or purged after a missed recovery).
     purged_below: Epoch,
 }
@@ -51,10 +49,11 @@ enum Op {
     Seal(Epoch),
     Release(Lsn),
     Clean(Epoch),
-    /// Settles every epoch below `below` (see [`purge`]), given each recovered epoch's LNG.
+    /// Settles every epoch below `below` (see [`purge`]), given what the epoch store says the
+    /// recoveries decided.
     Purge {
         below: Epoch,
-        recovered: BTreeMap<Epoch, Esn>,
+        recovered: Vec<RecoveredEpoch>,
     },
 }
 
@@ -157,7 +156,6 @@ fn apply(data: &mut NodeData, op: &Op) {
         Op::Release(l) => data.meta.last_released = data.meta.last_released.max(*l),
         Op::Clean(e) => {
             data.meta.last_clean_epoch = data.meta.last_clean_epoch.max(*e);
-            data.cleaned.insert(*e);
         }
         Op::Purge { below, recovered } => {
             purge(data, *below, recovered);
@@ -165,32 +163,30 @@ fn apply(data: &mut NodeData, op: &Op) {
     }
 }
 
-/// DESIGN §7 purging, as the model does it: a release by the sequencer of epoch `below`
-/// proves every older epoch recovered. For each such epoch this node holds copies of but was
-/// not cleaned for (it missed that recovery, or its digest came too late), the copies recovery
-/// may have overruled are dropped: every copy not written by recovery above the LNG recovery
-/// used (`recovered`; a real node would learn it, with the tail, from the nodes that were
-/// cleaned). Below that LNG records were complete and recovery left them alone. The soft seal
-/// rises to `below − 1` as well: those epochs are closed, and a late store of a zombie
-/// sequencer's grant must not land here after the purge. Returns how many copies were dropped.
-fn purge(data: &mut NodeData, below: Epoch, recovered: &BTreeMap<Epoch, Esn>) -> usize {
+/// DESIGN §7 purging, as `storage-node/src/server/purge.rs` does it: a release by the
+/// sequencer of epoch `below` proves every older epoch recovered. The seal rises to
+/// `below − 1` (those epochs are closed: a late store of a zombie sequencer's grant must not
+/// land here after the purge), then every copy of those epochs that the recovery recorded in
+/// the epoch store overruled (`RecoveredEpoch::overrules`, given this node's own LNG of the
+/// epoch) is dropped, whether or not this node took part in that recovery. An epoch whose
+/// recovery is not recorded keeps everything. Returns how many copies were dropped.
+fn purge(data: &mut NodeData, below: Epoch, recovered: &[RecoveredEpoch]) -> usize {
     if below <= data.purged_below {
         return 0;
     }
-    let from = Lsn::epoch_start(data.purged_below);
-    let to = Lsn::epoch_start(below);
+    data.meta.seal = data.meta.seal.max(below.prev());
+    let from = Lsn::epoch_start(data.purged_below).max(data.meta.last_released.next());
+    let to = Lsn::epoch_start(below).max(from);
     let doomed: Vec<Lsn> = data
         .copies
         .range(from..to)
         .filter(|(lsn, c)| {
             let epoch = lsn.epoch();
-            // An epoch without a known recovery keeps everything (nothing to compare with).
-            let Some(lng) = recovered.get(&epoch) else {
+            let Some(r) = recovered.iter().find(|r| r.epoch == epoch) else {
                 return false;
             };
-            !data.cleaned.contains(&epoch)
-                && lsn.esn() > *lng
-                && !c.header.flags.contains(RecordFlags::WRITTEN_BY_RECOVERY)
+            let local_lng = data.meta.epoch_lng.get(&epoch).copied().unwrap_or_default();
+            r.overrules(**lsn, c.header.flags, c.header.wave_or_seal, local_lng)
         })
         .map(|(lsn, _)| *lsn)
         .collect();
@@ -198,7 +194,6 @@ fn purge(data: &mut NodeData, below: Epoch, recovered: &BTreeMap<Epoch, Esn>) ->
         data.copies.remove(lsn);
     }
     data.purged_below = below;
-    data.meta.soft_seal = data.meta.soft_seal.max(below.prev());
     doomed.len()
 }
 
@@ -294,7 +289,17 @@ impl StorageNode {
                 Waiting::Sealed { to, rpc, seal } => {
                     let (lng, tail) = self.tail_up_to(seal);
                     let seal = seal.max(self.live.meta.seal);
-                    (to, rpc, NodeReply::Sealed { seal, lng, tail })
+                    let data_loss = self.data_loss;
+                    (
+                        to,
+                        rpc,
+                        NodeReply::Sealed {
+                            seal,
+                            lng,
+                            tail,
+                            data_loss,
+                        },
+                    )
                 }
                 Waiting::Cleaned { to, rpc } => (to, rpc, NodeReply::Cleaned),
             };
@@ -386,7 +391,33 @@ impl StorageNode {
             } => {
                 // A release by the sequencer of epoch E proves every epoch below E recovered.
                 if self.purge_missed_recoveries && sequencer_epoch > self.live.purged_below {
-                    let recovered = w.recovered_lngs.clone();
+                    // The real node reads the log's record from the epoch store here, and
+                    // holds the release back when an epoch it holds copies of is not clean.
+                    let meta = &w.es.meta;
+                    let unrecovered = self
+                        .live
+                        .copies
+                        .range({
+                            let from = Lsn::epoch_start(self.live.purged_below)
+                                .max(self.live.meta.last_released.next());
+                            from..Lsn::epoch_start(sequencer_epoch).max(from)
+                        })
+                        .any(|(lsn, _)| {
+                            let local_lng = self.live.meta.epoch_lng.get(&lsn.epoch());
+                            lsn.epoch() > meta.last_clean_epoch && Some(&lsn.esn()) > local_lng
+                        });
+                    if unrecovered {
+                        w.stat("releases held back: an older epoch not clean yet");
+                        let lce = w.es.meta.last_clean_epoch;
+                        w.trace(|| {
+                            format!(
+                                "n{} holds back a release by epoch {sequencer_epoch}: clean only up to {lce}",
+                                node.0
+                            )
+                        });
+                        return;
+                    }
+                    let recovered = meta.recovered.clone();
                     let mut preview = self.live.clone();
                     let dropped = purge(&mut preview, sequencer_epoch, &recovered);
                     for _ in 0..dropped {

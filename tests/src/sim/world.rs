@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_common::meta::{NodeInfo, Roles, StorageState};
 use tally_common::quorum::AuthStatus;
-use tally_common::{Durability, Epoch, Esn, LogId, Lsn, NodeId};
+use tally_common::{Durability, LogId, Lsn, NodeId};
 
 use super::check::History;
 use super::client::Client;
@@ -68,9 +68,6 @@ pub(crate) struct World {
     pub(crate) held: BTreeMap<Actor, Vec<(Actor, Msg)>>,
     pub(crate) isolated: BTreeMap<Actor, Time>,
     pub(crate) es: EpochStoreSim,
-    /// The LNG each epoch's recovery decided from (the highest over recoveries that reached
-    /// `Clean`): what a purging node learns from the nodes that were cleaned.
-    pub(crate) recovered_lngs: BTreeMap<Epoch, Esn>,
     pub(crate) history: History,
     pub(crate) report: RunReport,
     pub(crate) events: u64,
@@ -100,7 +97,6 @@ impl World {
             held: BTreeMap::new(),
             isolated: BTreeMap::new(),
             es,
-            recovered_lngs: BTreeMap::new(),
             history: History::default(),
             report: RunReport {
                 seed,
@@ -356,9 +352,15 @@ impl World {
                 let members = self.members();
                 (rpc, self.es.activate(LOG, &members, if_current))
             }
-            Msg::WriteLce { rpc, epoch, tail } => {
+            Msg::WriteLce {
+                rpc,
+                epoch,
+                tail,
+                outcome,
+            } => {
                 let now = self.now;
-                (rpc, self.es.write_lce(epoch, tail, now))
+                self.trace(|| format!("epoch store: last clean epoch {epoch} (tail {tail})"));
+                (rpc, self.es.write_lce(epoch, tail, outcome, now))
             }
             other => panic!("epoch store got {other:?}"),
         };

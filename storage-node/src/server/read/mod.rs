@@ -131,6 +131,7 @@ impl StorageNode {
             stream.reject(e).await;
             return;
         }
+        self.config.metrics.read_streams_opened.inc();
         let span = tracing::debug_span!("read", node = %self.id(), %log, %from, %until);
         let cursor = Cursor::new(from, until, window_until);
         self.read(ctx, log, cursor, filter, stream, permit)
@@ -291,7 +292,14 @@ impl StorageNode {
             };
             for message in &messages {
                 match sink.push(message).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if let ClientResponse::Records(records) = message {
+                            let metrics = &self.config.metrics;
+                            metrics.read_records.inc_by(records.len() as u64);
+                            let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+                            metrics.read_bytes.inc_by(bytes as u64);
+                        }
+                    }
                     Err(e @ (TransportError::FrameTooLarge { .. } | TransportError::Encode(_))) => {
                         // Batches are bounded well below the frame limit: a bug or a
                         // frame limit configured below `read_batch_bytes` + one payload.
