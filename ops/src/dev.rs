@@ -206,9 +206,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(spec)
     };
 
+    // Start-up on stderr (only on a terminal): nodes, then logs, then the membership views.
+    let steps = u64::from(args.storage_nodes) + 3;
+    let progress = crate::cli::progress::Progress::bar(steps, "tally dev: starting", "steps");
     let mut nodes = Vec::new();
     let started = async {
         for i in 1..=args.storage_nodes {
+            progress.set_message(format!("storage node {}", i + 1));
             let roles = Roles {
                 sequencer: false,
                 storage: true,
@@ -217,17 +221,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             nodes.push(
                 node::start(spec(i + 1, roles, listen)?, store.clone(), shutdown.clone()).await?,
             );
+            progress.inc(1);
         }
         let roles = Roles {
             sequencer: true,
             storage: false,
         };
         let listen = loopback(port(args.base_port, 0)?);
+        progress.set_message("sequencer node 1");
         nodes.push(node::start(spec(1, roles, listen)?, store.clone(), shutdown.clone()).await?);
+        progress.inc(1);
         anyhow::Ok(())
     }
     .await;
     if let Err(e) = started {
+        progress.finish();
         stop(nodes).await;
         return Err(e);
     }
@@ -236,15 +244,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let created = match create_logs(&*store, args.logs.clone(), args.replication).await {
         Ok(n) => n,
         Err(e) => {
+            progress.finish();
             stop(nodes).await;
             return Err(e);
         }
     };
+    progress.inc(1);
+    progress.set_message("membership");
     // Every node's view must hold the whole cluster before a client may ask any of them.
     let members: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
     for node in &nodes {
         node::wait_for_members(node, &members).await;
     }
+    progress.inc(1);
+    progress.finish();
 
     println!(
         "tally dev: ready: 1 sequencer + {} storage nodes on 127.0.0.1 (cluster {DEV_CLUSTER:?})",
