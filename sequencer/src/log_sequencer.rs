@@ -58,7 +58,10 @@ pub struct Activation {
     pub max_in_flight: u32,
     /// Whether epochs before `epoch` still need recovery (LCE < epoch − 1).
     pub recovery_pending: bool,
-    /// The log's release point known at activation (the last clean epoch's tail).
+    /// The last clean epoch at activation: every epoch up to it is recovered.
+    pub last_clean_epoch: Epoch,
+    /// The log's release point known at activation (the last clean epoch's tail, or a higher
+    /// point this node released in an earlier epoch of its own, which may not be recovered).
     pub last_released: Lsn,
 }
 
@@ -159,15 +162,19 @@ impl LogSequencer {
     }
 
     /// The epoch below which every epoch is known recovered: this sequencer's own once its
-    /// recovery is done; before that, the one after the epoch of the release point it started
-    /// from (the last clean epoch's tail, so that epoch is recovered). A release names it, so
-    /// storage nodes purge what they missed of those epochs before acting on it (DESIGN §7):
-    /// it always covers the epoch of the point released unless that is the running epoch, and
-    /// a re-broadcast during recovery never claims the epochs still being recovered.
+    /// recovery is done; before that, the one after the last clean epoch at activation. A
+    /// release names it, so storage nodes purge what they missed of those epochs before acting
+    /// on it (DESIGN §7). A re-broadcast during recovery never claims the epochs still being
+    /// recovered — not even the epoch of a release point carried over from this node's own
+    /// earlier epoch, which is final up to that point but not recovered.
     pub fn recovered_below(&self) -> Epoch {
         if self.recovery_pending {
-            let after_tail = self.last_released.epoch().next().unwrap_or(self.epoch());
-            after_tail.min(self.epoch())
+            let after_clean = self
+                .activation
+                .last_clean_epoch
+                .next()
+                .unwrap_or(self.epoch());
+            after_clean.min(self.epoch())
         } else {
             self.epoch()
         }
@@ -342,6 +349,7 @@ mod tests {
             durability: Durability::Durable,
             max_in_flight: 8,
             recovery_pending,
+            last_clean_epoch: Epoch(2),
             last_released: Lsn::new(Epoch(2), Esn(10)),
         }
     }
@@ -386,8 +394,18 @@ mod tests {
         assert_eq!(
             s.recovered_below(),
             Epoch(3),
-            "epoch 2 holds the clean tail"
+            "epoch 2 is the last clean one"
         );
+        // A release point carried over from this node's own earlier epoch 3 is final, but
+        // epoch 3 is not recovered: releases must not claim it.
+        let carried = LogSequencer::new(
+            Activation {
+                last_released: Lsn::new(Epoch(3), Esn(50)),
+                ..activation(true)
+            },
+            SequencerTiming::default(),
+        );
+        assert_eq!(carried.recovered_below(), Epoch(3));
         assert_eq!(
             s.drain_actions(),
             vec![Action::Release {

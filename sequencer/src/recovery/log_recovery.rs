@@ -311,6 +311,7 @@ mod tests {
                 durability: Durability::Durable,
                 max_in_flight: 8,
                 recovery_pending: true,
+                last_clean_epoch: Epoch(1),
                 last_released: Lsn::new(Epoch(1), Esn(4)),
             },
             crate::SequencerTiming::default(),

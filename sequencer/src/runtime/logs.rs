@@ -552,6 +552,7 @@ impl LogTable {
                     durability: meta.attributes.durability,
                     max_in_flight: meta.attributes.max_in_flight,
                     recovery_pending,
+                    last_clean_epoch: meta.last_clean_epoch,
                     last_released: meta.last_clean_tail.max(carried),
                 };
                 let job = recovery_pending.then(|| RecoveryJob {

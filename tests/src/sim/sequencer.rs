@@ -350,6 +350,7 @@ impl SeqNode {
                     durability: meta.attributes.durability,
                     max_in_flight: meta.attributes.max_in_flight,
                     recovery_pending,
+                    last_clean_epoch: meta.last_clean_epoch,
                     last_released: meta.last_clean_tail,
                 };
                 let seq = LogSequencer::new(activation, sequencer_timing());
