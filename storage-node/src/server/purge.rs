@@ -64,8 +64,6 @@ pub(crate) struct Purges {
     /// Logs being settled now: a second release of one waits for the next broadcast instead
     /// of queueing, and logs never wait for each other.
     running: Mutex<HashSet<LogId>>,
-    /// Copies deleted because a recovery this node missed overruled them.
-    purged_copies: AtomicU64,
     /// Copies kept because the epoch store no longer remembers their epoch's recovery.
     undecided_copies: AtomicU64,
 }
@@ -99,7 +97,7 @@ impl Purges {
 
     pub(crate) fn stats(&self) -> PurgeStats {
         PurgeStats {
-            purged_copies: self.purged_copies.load(Ordering::Relaxed),
+            purged_copies: 0,
             undecided_copies: self.undecided_copies.load(Ordering::Relaxed),
         }
     }
@@ -197,7 +195,11 @@ fn candidates(
 impl StorageNode {
     /// What purging has done on this node.
     pub fn purge_stats(&self) -> PurgeStats {
-        self.purges.stats()
+        PurgeStats {
+            // The metric is the one count of purged copies (per node: each node has its own).
+            purged_copies: self.config.metrics.purged_copies.get(),
+            ..self.purges.stats()
+        }
     }
 
     /// Settles every epoch of `log` below `epoch` (the epoch of a sequencer that released
@@ -276,9 +278,6 @@ impl StorageNode {
             return Ok(());
         }
         self.logsdb.remove_copies(log, &doomed).await?;
-        self.purges
-            .purged_copies
-            .fetch_add(doomed.len() as u64, Ordering::Relaxed);
         self.config
             .metrics
             .purged_copies
