@@ -12,8 +12,9 @@
 //! three batches, replays from the first batch's LSN, then from the time of the second
 //! batch's first record, and prints `backfill: ok`.
 //!
-//! Backfill reads differ from tailing reads only in their options: a wide window (more LSNs in
-//! flight per node), single-copy delivery (on by default: one node ships each record, so read
+//! Backfill reads differ from tailing reads only in their options: a deep delivery buffer (the
+//! default window, 8,192 LSNs or 16 MiB per node, already keeps the nodes shipping), single-copy
+//! delivery (on by default: one node ships each record, so read
 //! traffic is not multiplied by the replication factor), and an end (`ReadUntil::Tail`: the
 //! tail when the read starts).
 
@@ -63,7 +64,6 @@ async fn replay(
     until: ReadUntil,
 ) -> anyhow::Result<Replay> {
     let options = ReadOptions {
-        window: 4096,
         buffer: 1024,
         ..ReadOptions::range(from, until)
     };

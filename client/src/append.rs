@@ -24,6 +24,14 @@
 //! place in the queue on the first poll of `append`, so appends a task issues one after the
 //! other get increasing LSNs (within an epoch; a later epoch's LSNs are higher anyway).
 //!
+//! Preemption: a batch whose epoch was sealed (another sequencer took the log) before any
+//! of its copies was stored — every payload store refused or certainly not applied, which
+//! the appender waits to know — was certainly not appended, so it goes again in a new grant
+//! (a few times, within its deadline) instead of failing. Its LSNs then come from the newer
+//! epoch: a later batch of the same log whose copies were all stored before the seal keeps
+//! its lower LSN. A batch that may have stored a copy fails with
+//! `Preempted { may_be_stored: true }` (never retried: a duplicate could result).
+//!
 //! Window: a coalesced batch may ask for more LSNs than the log's sequencer window holds
 //! (`SeqNoBufs` that no wait can cure). A batch of several appends that meets a full window
 //! goes back to the front of the queue and the log's batches are halved until grants come
@@ -323,9 +331,29 @@ async fn run_batch(shared: Arc<Shared>, log: LogId, batch: Batch<Reply>) {
         replies.push((unit.waiter, unit.payloads.len() as u64));
         payloads.extend(unit.payloads);
     }
-    let outcome = match grant {
+    let mut written = match grant {
         Ok(grant) => write_copies(&shared, grant, payloads, deadline).await,
-        Err(e) => Err(e),
+        Err(e) => Written::Done(Err(e)),
+    };
+    let mut retries = 0;
+    let outcome = loop {
+        let (payloads, err) = match written {
+            Written::Done(outcome) => break outcome,
+            Written::Again(payloads, err) => (payloads, err),
+        };
+        if retries == MAX_PREEMPTED_RETRIES
+            || Instant::now() >= deadline
+            || shared.shutdown.is_cancelled()
+        {
+            break Err(err);
+        }
+        retries += 1;
+        tracing::debug!(%log, count, error = %err, retries, "no copy stored before a seal; appending again in a new grant");
+        written = match crate::sequence::request_grant(&shared, log, count, deadline, false).await {
+            Ok(grant) => write_copies(&shared, grant, payloads, deadline).await,
+            Err(NoGrant::Failed(e)) => Written::Done(Err(e)),
+            Err(NoGrant::WindowFull) => unreachable!("only asked for with window_full_returns"),
+        };
     };
     let mut offset = 0;
     for (reply, count) in replies {
@@ -342,13 +370,43 @@ async fn run_batch(shared: Arc<Shared>, log: LogId, batch: Batch<Reply>) {
     drop(stages);
 }
 
+/// How often one batch is appended again after its epoch was sealed before any of its copies
+/// was stored (each time in a new grant, within the batch's deadline).
+const MAX_PREEMPTED_RETRIES: usize = 3;
+
+/// How the writing of one grant ended.
+enum Written {
+    Done(Result<RangeInclusive<Lsn>, AppendError>),
+    /// Refused by a seal with certainly no copy stored (`Preempted { may_be_stored: false }`):
+    /// nothing of the batch was appended, so it may go again in a new grant; the payloads
+    /// are handed back for that.
+    Again(Vec<Vec<u8>>, AppendError),
+}
+
 /// Runs the appender of `grant` until it completes or fails.
 async fn write_copies(
     shared: &Arc<Shared>,
     grant: Grant,
     payloads: Vec<Vec<u8>>,
     deadline: Instant,
-) -> Result<RangeInclusive<Lsn>, AppendError> {
+) -> Written {
+    match write_grant(shared, grant, payloads, deadline).await {
+        Ok(lsns) => Written::Done(Ok(lsns)),
+        Err((err, Some(appender))) if err.certainly_not_appended() => {
+            Written::Again(appender.into_payloads(), err)
+        }
+        Err((err, _)) => Written::Done(Err(err)),
+    }
+}
+
+/// Runs the appender of `grant` until it completes or fails; a failure that may be retried
+/// (preempted, no copy stored) comes with the appender, which holds the payloads.
+async fn write_grant(
+    shared: &Arc<Shared>,
+    grant: Grant,
+    payloads: Vec<Vec<u8>>,
+    deadline: Instant,
+) -> Result<RangeInclusive<Lsn>, (AppendError, Option<Appender>)> {
     let now = Instant::now();
     // The appender's own timeout is what is left of the append's.
     let nodes = shared.cluster.current().nodes();
@@ -372,7 +430,8 @@ async fn write_copies(
             now.into_std(),
             &graylist,
             &mut rand::rng(),
-        )?
+        )
+        .map_err(|e| (e, None))?
     };
     let mut stores = JoinSet::new();
     loop {
@@ -397,8 +456,9 @@ async fn write_copies(
                     tracing::debug!(log = %grant.log, first = %grant.first, error = %e, "append failed");
                     if let AppendError::Preempted { seal, .. } = &e {
                         report_preempted(shared, &grant, *seal).await;
+                        return Err((e, Some(appender)));
                     }
-                    return Err(e);
+                    return Err((e, None));
                 }
             }
         }

@@ -17,6 +17,13 @@
 //! failed) instead of starting at once: the copyset would have to reuse nodes that just
 //! refused or could not be reached, and retrying them in a tight loop only adds load. The
 //! driver delivers [`Event::Tick`] at [`Appender::wake_at`].
+//!
+//! A store refused with `Preempted` (the epoch is sealed) ends the append, but not at once:
+//! no new wave starts, and the append fails once every STORE still on its way has answered
+//! (each is bounded by its store timeout) or the append timeout passed. Its
+//! `Preempted { may_be_stored }` is then exact — false when every payload store was refused
+//! or certainly not applied — so the caller can retry such an append in a new epoch without
+//! risking a duplicate.
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -203,6 +210,11 @@ pub struct Appender {
     failed: BTreeSet<NodeId>,
     /// When the next wave starts, while it waits (see the module documentation).
     retry_at: Option<Instant>,
+    /// STOREs sent whose answer (reply, timeout or transport failure) has not come yet.
+    pending: BTreeSet<(u32, NodeId)>,
+    /// A node refused a store with a seal (the seal and the sequencer it named): the append
+    /// cannot complete in its epoch. It ends once no STORE is pending (see the module notes).
+    preempted: Option<(Epoch, Option<NodeId>)>,
     done: bool,
 }
 
@@ -265,6 +277,8 @@ impl Appender {
             in_doubt: BTreeSet::new(),
             failed: BTreeSet::new(),
             retry_at: None,
+            pending: BTreeSet::new(),
+            preempted: None,
             done: false,
         };
         let actions = appender.next_wave(now, graylist, rng);
@@ -281,6 +295,17 @@ impl Appender {
     ) -> Vec<Action> {
         if self.done {
             return Vec::new();
+        }
+        match &event {
+            Event::StoreReply { node, wave, .. }
+            | Event::StoreTimedOut { node, wave }
+            | Event::TransportFailed { node, wave, .. } => {
+                self.pending.remove(&(*wave, *node));
+            }
+            Event::Tick => {}
+        }
+        if self.preempted.is_some() {
+            return self.settle_preempted(now, event);
         }
         let mut actions = match event {
             Event::StoreReply { node, wave, status } => {
@@ -354,9 +379,14 @@ impl Appender {
                 }
                 Vec::new()
             }
-            // A seal is a fact about the epoch, whatever the wave that learned it.
+            // A seal is a fact about the epoch, whatever the wave that learned it. The append
+            // ends once the stores still on their way have answered, so that its error says
+            // exactly whether a copy may exist.
             StoreStatus::Preempted { seal, sequencer } => {
-                vec![self.fail(self.preempted(seal, sequencer, node))]
+                tracing::info!(log = %self.log, %node, %seal, "append preempted");
+                self.preempted = Some((seal, sequencer));
+                self.retry_at = None;
+                self.settle_preempted(now, Event::Tick)
             }
             // Every node got the same bytes: the client's copy is bad, any retry fails alike.
             StoreStatus::ChecksumMismatch { lsn } => {
@@ -520,6 +550,7 @@ impl Appender {
             if !amend {
                 self.in_doubt.insert((self.wave, node));
             }
+            self.pending.insert((self.wave, node));
             actions.push(Action::SendStore {
                 node,
                 batch: self.batch(amend),
@@ -573,13 +604,39 @@ impl Appender {
             .map(|(_, m)| m)
     }
 
-    fn preempted(&self, seal: Epoch, sequencer: Option<NodeId>, node: NodeId) -> AppendError {
-        tracing::info!(log = %self.log, %node, %seal, "append preempted");
-        AppendError::Preempted {
+    /// After a seal refused a store: records what `event` says about copies (no new wave
+    /// starts), and fails the append with `Preempted` once no STORE is pending or the append
+    /// timeout passed. `may_be_stored` is then exact: true only if a node acknowledged a
+    /// copy or a payload store's fate stays unknown (it timed out, or its connection failed
+    /// after sending), so a caller may retry an append refused by every node it reached.
+    fn settle_preempted(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match event {
+            Event::StoreReply { node, wave, status } => {
+                let was_payload_store = self.in_doubt.remove(&(wave, node));
+                if status == StoreStatus::Stored && was_payload_store {
+                    self.holders.insert(node);
+                }
+            }
+            Event::TransportFailed {
+                node,
+                wave,
+                may_have_been_applied: false,
+            } => {
+                self.in_doubt.remove(&(wave, node));
+            }
+            // A timed-out store stays in doubt: it may have been applied.
+            Event::TransportFailed { .. } | Event::StoreTimedOut { .. } | Event::Tick => {}
+        }
+        if !self.pending.is_empty() && now < self.deadline {
+            return Vec::new();
+        }
+        let (seal, sequencer) = self.preempted.expect("called once preempted");
+        let err = AppendError::Preempted {
             seal,
             sequencer,
             may_be_stored: self.may_have_copies(),
-        }
+        };
+        vec![self.fail(err)]
     }
 
     fn timed_out(&mut self) -> Action {
@@ -634,6 +691,12 @@ impl Appender {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// The payloads of the batch, given back (to append them again in a new grant after a
+    /// failure that stored nothing).
+    pub fn into_payloads(self) -> Vec<Vec<u8>> {
+        self.records.into_iter().map(|r| r.payload).collect()
+    }
 }
 
 /// Leaves out the payloads, which may be megabytes.
@@ -649,6 +712,8 @@ impl std::fmt::Debug for Appender {
             .field("in_doubt", &self.in_doubt)
             .field("failed", &self.failed)
             .field("retry_at", &self.retry_at)
+            .field("pending", &self.pending)
+            .field("preempted", &self.preempted)
             .field("deadline", &self.deadline)
             .field("done", &self.done)
             .finish_non_exhaustive()

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::collections::HashMap;
 
 use tally_common::transport::{ClientProtocol, Connector, TlsError, TlsIdentity, TransportError};
+use tally_common::wire::client::ClientRequest;
 use tally_common::{LogId, Lsn, NodeId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +27,11 @@ use crate::cluster::{ClusterError, ClusterState, ClusterView};
 use crate::config::{ClientConfig, ConfigError};
 use crate::error::AppendError;
 use crate::graylist::Graylist;
+use crate::suspects::{Suspects, Takeovers, Verdict};
+
+/// How long a suspect sequencer that failed a liveness check is taken for dead before it is
+/// checked again (`Shared::owner_alive`).
+const SUSPECT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why [`Client::connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,30 +63,110 @@ pub(crate) struct Shared {
     pub(crate) queues: crate::append::Queues,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
-    /// Sequencers found silent or unreachable, until when they are asked last.
-    suspects: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Sequencers found silent or unreachable, asked last for a while.
+    suspects: Mutex<Suspects>,
+    /// One liveness check at a time per suspect node (`owner_alive`).
+    checks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Logs this client made another node take over, asked there first for a while.
+    takeovers: Mutex<Takeovers>,
 }
 
 impl Shared {
+    fn suspects(&self) -> MutexGuard<'_, Suspects> {
+        self.suspects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Marks `node` as a sequencer to ask last for `sequencer_suspect_for`.
     pub(crate) fn suspect(&self, node: NodeId) {
-        let until = std::time::Instant::now() + self.config.sequencer_suspect_for;
-        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-        suspects.insert(node, until);
+        let now = std::time::Instant::now();
+        self.suspects()
+            .suspect(node, now, self.config.sequencer_suspect_for);
+    }
+
+    fn takeovers(&self) -> MutexGuard<'_, Takeovers> {
+        self.takeovers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `node` granted `log` to a `no_redirect` request: ask it first for `log` for a while.
+    pub(crate) fn took_over(&self, log: LogId, node: NodeId) {
+        let now = std::time::Instant::now();
+        self.takeovers()
+            .record(log, node, now, self.config.sequencer_suspect_for);
+    }
+
+    /// The node this client made take `log` over, while remembered.
+    pub(crate) fn takeover_of(&self, log: LogId) -> Option<NodeId> {
+        self.takeovers().node(log, std::time::Instant::now())
+    }
+
+    /// `node` no longer serves `log` for this client (it redirected or was unreachable).
+    pub(crate) fn let_go(&self, log: LogId, node: NodeId) {
+        self.takeovers().forget(log, node);
     }
 
     /// `node` answered: it is no longer a suspect.
     pub(crate) fn clear_suspect(&self, node: NodeId) {
-        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-        suspects.remove(&node);
+        self.suspects().clear(node);
     }
 
     /// Whether `node` is a suspect now.
     pub(crate) fn is_suspect(&self, node: NodeId) -> bool {
-        let now = std::time::Instant::now();
-        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-        suspects.retain(|_, until| *until > now);
-        suspects.contains_key(&node)
+        self.suspects().is_suspect(node, std::time::Instant::now())
+    }
+
+    /// Whether the sequencer `node`, named as a log's owner by another node, should be
+    /// believed alive (see `suspects`): true unless it is a suspect and a liveness check —
+    /// one cheap `GetClusterState` bounded by `sequencer_silence_timeout`, one at a time per
+    /// node, its answer shared by every waiter and a failure believed for
+    /// [`SUSPECT_RECHECK`] — finds it silent or unreachable.
+    pub(crate) async fn owner_alive(&self, node: NodeId) -> bool {
+        let asked_at = std::time::Instant::now();
+        let verdict = |shared: &Self| {
+            shared
+                .suspects()
+                .verdict(node, std::time::Instant::now(), asked_at, SUSPECT_RECHECK)
+        };
+        match verdict(self) {
+            Verdict::Alive => return true,
+            Verdict::Dead => return false,
+            Verdict::Check => {}
+        }
+        let gate = {
+            let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+            checks.entry(node).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        match verdict(self) {
+            Verdict::Alive => return true,
+            Verdict::Dead => return false,
+            Verdict::Check => {}
+        }
+        let silence = self.config.sequencer_silence_timeout;
+        let answer = match self.cluster.address(node).await {
+            Some(addr) => {
+                self.connector
+                    .call_watched(addr, &ClientRequest::GetClusterState, silence, silence)
+                    .await
+            }
+            None => Err(TransportError::NoAnswer),
+        };
+        // Any answer, or a peer that acknowledged the request but answered late, is alive.
+        let alive = matches!(
+            answer,
+            Ok(_) | Err(TransportError::Remote(_) | TransportError::Timeout(_))
+        );
+        if alive {
+            tracing::debug!(%node, "suspect sequencer answered a liveness check");
+            self.clear_suspect(node);
+        } else {
+            tracing::debug!(%node, "suspect sequencer failed a liveness check");
+            self.suspects().check_failed(
+                node,
+                std::time::Instant::now(),
+                self.config.sequencer_suspect_for,
+            );
+        }
+        alive
     }
 
     /// The graylist, locked for one synchronous step of an appender (never across an await).
@@ -124,7 +210,9 @@ impl Client {
         .await?;
         let shared = Arc::new(Shared {
             graylist: Mutex::new(Graylist::new(config.graylist)),
-            suspects: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(Suspects::default()),
+            checks: Mutex::new(HashMap::new()),
+            takeovers: Mutex::new(Takeovers::default()),
             store_latency: crate::latency::StoreLatency::default(),
             queues: crate::append::Queues::default(),
             config,

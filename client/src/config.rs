@@ -55,7 +55,10 @@ pub struct ClientConfig {
     pub sequencer_silence_timeout: Duration,
     /// How long a sequencer found silent or unreachable is asked last (after the others in
     /// rank order), so every append does not pay for it again; about a membership lease, after
-    /// which a dead node has left the cluster state.
+    /// which a dead node has left the cluster state. Suspicion alone moves no log: when another
+    /// node redirects to a suspect owner, the client first checks the owner (one
+    /// `GetClusterState` within `sequencer_silence_timeout`, shared by concurrent appends; a
+    /// failed check is believed for 2 s) and asks it if it answers.
     pub sequencer_suspect_for: Duration,
     /// How concurrent appends to one log share a grant, its STOREs and its report.
     pub coalesce: CoalesceConfig,

@@ -45,6 +45,7 @@ pub mod placement;
 pub mod read;
 pub mod reader;
 mod sequence;
+mod suspects;
 
 pub use admin::{AdminError, ScanEstimate};
 pub use appender::{AppendPolicy, Appender, check_payloads};

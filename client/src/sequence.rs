@@ -1,7 +1,16 @@
 //! Getting LSNs for an append (DESIGN §5 placement, §6 step 1; LogDevice's client append
 //! path): ask the log's owner, the first of the sequencer ranking of the cluster view, for a
-//! grant. A `Redirect` is followed (a few times); a node that cannot be reached is skipped and
-//! the next one in rank order is asked with `no_redirect`, so it takes the log over;
+//! grant. A `Redirect` is followed (a few times); a node that cannot be reached (or does not
+//! even acknowledge the request within `sequencer_silence_timeout`) is skipped and the next
+//! one in rank order is asked with `no_redirect`, so it takes the log over. A node that
+//! acknowledged but did not answer within `request_timeout` is alive and busy (an activation
+//! through a slow epoch store): it is asked again rather than taken over (once: one that
+//! stays mute through a second request timeout is taken for wedged). A redirect to an owner
+//! found silent earlier (a suspect, asked last) is followed once a liveness check finds it
+//! answering (`Shared::owner_alive`), so one missed silence check does not move every log
+//! of a live node. A node this client made take a log over is asked first for that log until
+//! it redirects (it hands the log back once the appends it granted are written), so the
+//! owner's return does not seal this client's own appends in flight there;
 //! `SeqNoBufs` and retryable errors back off exponentially — unless the caller asked to hear
 //! of a full window at once ([`NoGrant::WindowFull`]: a coalesced batch may be too big for
 //! the log's window, and smaller batches can fit). Everything stays within the append's
@@ -20,6 +29,11 @@ use tokio::time::Instant;
 
 use crate::client::Shared;
 use crate::error::AppendError;
+
+/// How many times in a row one sequencer may leave a `Sequence` unanswered past the request
+/// timeout (while acknowledging it: alive, busy activating) and still be asked again; the
+/// next such timeout counts as unreachable and the next node in rank order takes over.
+const SLOW_ANSWERS: usize = 1;
 
 /// Exponential waits between attempts, never past the deadline.
 #[derive(Debug)]
@@ -91,6 +105,12 @@ pub(crate) async fn request_grant(
             .into_iter()
             .partition(|n| !shared.is_suspect(*n));
         rank.extend(suspects);
+        // A node this client made take the log over is asked first until it lets go.
+        if let Some(node) = shared.takeover_of(log)
+            && let Some(at) = rank.iter().position(|n| *n == node)
+        {
+            rank[..=at].rotate_right(1);
+        }
         let Some(&owner) = rank.first() else {
             last = "the cluster view has no live sequencer".into();
             shared.refresh_soon();
@@ -101,6 +121,8 @@ pub(crate) async fn request_grant(
         };
         let mut unreachable = BTreeSet::new();
         let mut redirects = 0;
+        // Answers `target` owed us past the request timeout, in a row (see `SLOW_ANSWERS`).
+        let mut slow_answers = 0;
         let (mut target, mut no_redirect) = (owner, false);
         loop {
             let now = Instant::now();
@@ -123,9 +145,15 @@ pub(crate) async fn request_grant(
                 }
                 None => Err(TransportError::NoAnswer),
             };
+            if !matches!(answer, Err(TransportError::Timeout(_))) {
+                slow_answers = 0;
+            }
             let step = match answer {
                 Ok(ClientResponse::Granted(grant)) if grant.log == log && grant.count == count => {
                     shared.clear_suspect(target);
+                    if no_redirect {
+                        shared.took_over(log, target);
+                    }
                     Step::Granted(grant)
                 }
                 Ok(ClientResponse::Granted(grant)) => Step::Fail(AppendError::NoSequencer {
@@ -136,6 +164,7 @@ pub(crate) async fn request_grant(
                 }),
                 Ok(ClientResponse::Redirect { owner }) => {
                     last = format!("{target} redirected to {owner}");
+                    shared.let_go(log, target);
                     if shared.cluster.current().node(owner).is_none() {
                         // A node we have not heard of: learn its address before asking it.
                         let refresh = shared.cluster.refresh();
@@ -143,8 +172,11 @@ pub(crate) async fn request_grant(
                             tracing::debug!(error = %e, "cluster state refresh failed");
                         }
                     }
-                    if shared.is_suspect(owner) || unreachable.contains(&owner) {
-                        // Its view still names a node we found silent: it takes the log over.
+                    if unreachable.contains(&owner)
+                        || (shared.is_suspect(owner) && !shared.owner_alive(owner).await)
+                    {
+                        // Its view still names a node we found silent (in this round, or
+                        // earlier and again now): it takes the log over.
                         Step::Ask(target, true)
                     } else if redirects < config.max_redirects {
                         redirects += 1;
@@ -175,11 +207,24 @@ pub(crate) async fn request_grant(
                 Ok(other) => Step::Fail(AppendError::NoSequencer {
                     reason: format!("{target} answered Sequence with {other:?}"),
                 }),
+                // No answer in time from a node that acknowledged the request (a silent one
+                // fails with `PeerSilent` first): it is alive, only slow — typically activating
+                // the log through a loaded epoch store. Its activation goes on without us and
+                // the retry waits for it; another node taking the log over now would only make
+                // the two seal each other's epochs. (One that stays mute while acknowledging —
+                // a wedged role — is given up on after `SLOW_ANSWERS` such waits.)
+                Err(TransportError::Timeout(t)) if slow_answers < SLOW_ANSWERS => {
+                    slow_answers += 1;
+                    last = format!("{target} did not answer within {t:?}");
+                    tracing::debug!(%log, node = %target, "sequencer slow to answer; asking it again");
+                    Step::Retry
+                }
                 Err(e) => {
                     last = format!("{target} is unreachable: {e}");
                     tracing::debug!(%log, node = %target, error = %e, "sequencer unreachable");
                     unreachable.insert(target);
                     shared.suspect(target);
+                    shared.let_go(log, target);
                     shared.refresh_soon();
                     match next_in_rank(&rank, &unreachable, target) {
                         Some(next) => Step::Ask(next, true),
@@ -190,7 +235,12 @@ pub(crate) async fn request_grant(
             match step {
                 Step::Granted(grant) => return Ok(grant),
                 Step::Fail(e) => return Err(e.into()),
-                Step::Ask(node, force) => (target, no_redirect) = (node, force),
+                Step::Ask(node, force) => {
+                    if node != target {
+                        slow_answers = 0;
+                    }
+                    (target, no_redirect) = (node, force);
+                }
                 Step::Retry => {
                     if !backoff.wait(deadline).await {
                         return Err(AppendError::NoSequencer { reason: last }.into());

@@ -9,6 +9,8 @@
 //! - a wave timeout graylists only the first outstanding member, and nobody when no member
 //!   answered;
 //! - a failure is "certainly not appended" exactly when the model says no copy can exist;
+//! - after a seal (`Preempted`) no store goes out and nothing completes; the append fails
+//!   with `Preempted` once no store is pending, or at its deadline;
 //! - exactly one outcome, nothing after it, and always an outcome by the append deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -93,6 +95,9 @@ struct Model {
     acked: BTreeSet<(u32, NodeId)>,
     copysets: BTreeMap<u32, Vec<NodeId>>,
     wave: u32,
+    /// A node refused a store with a seal: no new wave, and the append fails once no store
+    /// is pending (or at the deadline).
+    sealed: bool,
     outcome: Option<Action>,
 }
 
@@ -133,6 +138,7 @@ impl Model {
                     batch,
                     timeout,
                 } => {
+                    prop_assert!(!self.sealed, "a store sent after a seal");
                     let wave = batch.wave_or_seal;
                     let copyset = batch.copyset.nodes().to_vec();
                     let (w, members) = new_wave.get_or_insert_with(|| (wave, Vec::new()));
@@ -169,6 +175,7 @@ impl Model {
                     wave,
                 } => {
                     prop_assert_eq!(actions.len(), 1);
+                    prop_assert!(!self.sealed, "completed after a seal");
                     prop_assert_eq!(*wave, self.wave);
                     prop_assert_eq!(copyset.nodes(), self.copysets[wave].as_slice());
                     prop_assert_eq!(copyset.len(), self.replication);
@@ -198,7 +205,12 @@ impl Model {
                             cause: IndeterminateCause::TimedOut,
                         } => prop_assert!(now >= deadline),
                         AppendError::Preempted { .. } => {
-                            prop_assert!(matches!(cause, Some(Reply::Preempted)))
+                            prop_assert!(self.sealed);
+                            prop_assert!(
+                                self.pending.is_empty() || now >= deadline,
+                                "preempted with stores pending: {:?}",
+                                self.pending
+                            );
                         }
                         AppendError::ChecksumMismatch { .. }
                         | AppendError::Indeterminate {
@@ -215,9 +227,16 @@ impl Model {
             self.wave = wave;
             self.copysets.insert(wave, members);
         }
-        // A seal or a corrupt payload ends the append whatever else happens.
-        if matches!(cause, Some(Reply::Preempted | Reply::Checksum)) {
+        // A corrupt payload ends the append whatever else happens; a seal once no store is
+        // pending.
+        if matches!(cause, Some(Reply::Checksum)) && !self.sealed {
             prop_assert!(self.outcome.is_some());
+        }
+        if self.sealed && self.pending.is_empty() {
+            prop_assert!(
+                self.outcome.is_some(),
+                "sealed, nothing pending, no outcome"
+            );
         }
         Ok(())
     }
@@ -359,6 +378,7 @@ fn run(case: Case) -> Result<(), TestCaseError> {
         acked: BTreeSet::new(),
         copysets: BTreeMap::new(),
         wave: 0,
+        sealed: false,
         outcome: None,
     };
     model.check(actions, now, deadline, None)?;
@@ -392,10 +412,13 @@ fn run(case: Case) -> Result<(), TestCaseError> {
                     Reply::Overloaded => StoreStatus::Overloaded,
                     Reply::NoSpace => StoreStatus::NoSpace,
                     Reply::Disabled => StoreStatus::Disabled,
-                    Reply::Preempted => StoreStatus::Preempted {
-                        seal: Epoch(2),
-                        sequencer: None,
-                    },
+                    Reply::Preempted => {
+                        model.sealed |= model.outcome.is_none();
+                        StoreStatus::Preempted {
+                            seal: Epoch(2),
+                            sequencer: None,
+                        }
+                    }
                     Reply::Checksum => StoreStatus::ChecksumMismatch { lsn: grant.first },
                 };
                 (
@@ -411,7 +434,7 @@ fn run(case: Case) -> Result<(), TestCaseError> {
                 let Some(s) = pick(p, &mut model.pending) else {
                     continue;
                 };
-                let current = s.wave == model.wave && model.outcome.is_none();
+                let current = s.wave == model.wave && model.outcome.is_none() && !model.sealed;
                 let before = model.slow_count(&graylist, now);
                 let event = Event::StoreTimedOut {
                     node: s.node,

@@ -18,9 +18,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tally::node::{self, NodeSpec, RunningNode};
 use tally_client::{Client, ClientConfig};
-use tally_common::meta::{LogAttributes, LogMetadata, Roles};
-use tally_common::{LogId, Lsn, NodeId};
-use tally_epochstore::{EpochStore, FileEpochStore};
+use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo, Roles};
+use tally_common::{Epoch, LogId, Lsn, NodeId, RecoveredEpoch};
+use tally_epochstore::{
+    ActivateOptions, Activation, BoxFuture, EpochStore, EpochStoreError, FileEpochStore, NodeLease,
+    NodeWatch,
+};
 use tally_sequencer::runtime::SequencerNode;
 use tally_storage_node::logsdb::{LogsDb, ReadItem};
 use tally_storage_node::server::StorageNode;
@@ -58,6 +61,8 @@ impl ClusterSpec {
 #[derive(Debug)]
 struct Slot {
     spec: NodeSpec,
+    /// The node's handle on the shared epoch store (activations may be slowed down).
+    store: Arc<SlowActivations>,
     shutdown: CancellationToken,
     running: Option<RunningNode>,
 }
@@ -109,6 +114,7 @@ impl TestCluster {
                 NodeId(id),
                 Slot {
                     spec: node_spec,
+                    store: Arc::new(SlowActivations::new(cluster.store.clone())),
                     shutdown: CancellationToken::new(),
                     running: None,
                 },
@@ -268,6 +274,37 @@ impl TestCluster {
         Ok(log)
     }
 
+    /// Makes every later activation of a log by node `id` wait `delay` before it reaches the
+    /// epoch store: a live node that is slow to activate (a loaded machine, a slow etcd).
+    /// `Duration::ZERO` ends it. Activations already waiting keep their delay.
+    pub fn delay_activations(&self, id: NodeId, delay: Duration) -> anyhow::Result<()> {
+        let slot = self
+            .slots
+            .get(&id)
+            .with_context(|| format!("no node {id}"))?;
+        slot.store.set_delay(delay);
+        Ok(())
+    }
+
+    /// Activations of logs (by any node) that have not reached the epoch store's answer yet.
+    pub fn activations_in_flight(&self) -> usize {
+        self.slots.values().map(|s| s.store.in_flight()).sum()
+    }
+
+    /// Waits until no activation is in flight ([`TestCluster::activations_in_flight`]).
+    pub async fn wait_activations_settled(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut every = tokio::time::interval(Duration::from_millis(10));
+        while self.activations_in_flight() > 0 {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "activations still in flight after {WAIT:?}"
+            );
+            every.tick().await;
+        }
+        Ok(())
+    }
+
     /// The bound address of running node `id`.
     pub fn addr(&self, id: NodeId) -> anyhow::Result<SocketAddr> {
         Ok(self
@@ -319,7 +356,7 @@ impl TestCluster {
         slot.shutdown = CancellationToken::new();
         let running = tokio::time::timeout(
             WAIT,
-            node::start(slot.spec.clone(), self.store.clone(), slot.shutdown.clone()),
+            node::start(slot.spec.clone(), slot.store.clone(), slot.shutdown.clone()),
         )
         .await
         .with_context(|| format!("node {id} did not start in time"))??;
@@ -355,6 +392,125 @@ impl TestCluster {
             }
         }
         Ok(())
+    }
+}
+
+type StoreResult<T> = std::result::Result<T, EpochStoreError>;
+
+/// One node's handle on the shared epoch store: every call goes through to it, and
+/// activations first wait the configured delay (see [`TestCluster::delay_activations`]).
+#[derive(Debug)]
+pub struct SlowActivations {
+    inner: Arc<dyn EpochStore>,
+    delay: std::sync::Mutex<Duration>,
+    /// Activations called and not finished (or dropped) yet.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowActivations {
+    pub fn new(inner: Arc<dyn EpochStore>) -> SlowActivations {
+        SlowActivations {
+            inner,
+            delay: std::sync::Mutex::new(Duration::ZERO),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Activations through this handle that have not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    fn delay(&self) -> Duration {
+        *self.delay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl EpochStore for SlowActivations {
+    fn create_log(
+        &self,
+        log: LogId,
+        attributes: LogAttributes,
+    ) -> BoxFuture<'_, StoreResult<LogMetadata>> {
+        self.inner.create_log(log, attributes)
+    }
+
+    fn get_log(&self, log: LogId) -> BoxFuture<'_, StoreResult<LogMetadata>> {
+        self.inner.get_log(log)
+    }
+
+    fn list_logs(&self) -> BoxFuture<'_, StoreResult<BTreeMap<LogId, LogMetadata>>> {
+        self.inner.list_logs()
+    }
+
+    fn update_attributes(
+        &self,
+        log: LogId,
+        attributes: LogAttributes,
+    ) -> BoxFuture<'_, StoreResult<LogMetadata>> {
+        self.inner.update_attributes(log, attributes)
+    }
+
+    fn activate(
+        &self,
+        log: LogId,
+        options: ActivateOptions,
+    ) -> BoxFuture<'_, StoreResult<Activation>> {
+        let delay = self.delay();
+        let guard = InFlight::new(self.in_flight.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            self.inner.activate(log, options).await
+        })
+    }
+
+    fn set_last_clean_epoch(
+        &self,
+        log: LogId,
+        epoch: Epoch,
+        tail: Lsn,
+        recovered: Option<RecoveredEpoch>,
+    ) -> BoxFuture<'_, StoreResult<LogMetadata>> {
+        self.inner.set_last_clean_epoch(log, epoch, tail, recovered)
+    }
+
+    fn register_node(
+        &self,
+        info: NodeInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'_, StoreResult<NodeLease>> {
+        self.inner.register_node(info, ttl)
+    }
+
+    fn list_nodes(&self) -> BoxFuture<'_, StoreResult<Vec<NodeInfo>>> {
+        self.inner.list_nodes()
+    }
+
+    fn watch_nodes(&self) -> BoxFuture<'_, StoreResult<NodeWatch>> {
+        self.inner.watch_nodes()
+    }
+}
+
+/// Counts one activation in flight while it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

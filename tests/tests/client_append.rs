@@ -1083,10 +1083,13 @@ async fn a_preempted_batch_is_reported_and_the_next_one_goes_to_a_new_epoch() {
     }
     let err = append(&client, log, b"sealed".to_vec()).await.unwrap_err();
     assert!(
-        // Copies may be in doubt: other STOREs were outstanding when the refusal came.
-        matches!(err, AppendError::Preempted { seal, .. } if seal == first.epoch()),
+        // Every store was refused, so nothing was stored: the client appended again in new
+        // epochs (a few times) before giving up, and says the append certainly did not happen.
+        matches!(err, AppendError::Preempted { seal, may_be_stored: false, .. }
+            if seal > first.epoch()),
         "{err:?}"
     );
+    assert!(err.certainly_not_appended());
     let mut preemptions = seq.preemptions.subscribe();
     tokio::time::timeout(T, preemptions.wait_for(|n| *n >= 1))
         .await

@@ -382,19 +382,92 @@ fn preempted_says_whether_copies_may_exist() {
 fn a_seal_learned_from_an_old_wave_still_preempts() {
     let (mut f, _) = start(5, 2);
     let m = f.members();
-    f.reply(m[0], StoreStatus::Overloaded);
+    let wave2 = sends(&f.reply(m[0], StoreStatus::Overloaded))
+        .iter()
+        .map(|(n, _, _)| *n)
+        .collect::<Vec<_>>();
+    assert_eq!(wave2.len(), 2);
+    let preempted = StoreStatus::Preempted {
+        seal: Epoch(3),
+        sequencer: None,
+    };
     let out = f.at(
         2,
         Event::StoreReply {
             node: m[1],
             wave: 1,
-            status: StoreStatus::Preempted {
-                seal: Epoch(3),
-                sequencer: None,
-            },
+            status: preempted.clone(),
         },
     );
-    // Wave 2's payload stores are unresolved, so copies may exist.
+    // Wave 2's payload stores are unresolved: the append waits for them, starts nothing.
+    assert_eq!(out, vec![]);
+    // One of them stored a copy before the seal: copies may exist.
+    assert_eq!(f.reply(wave2[0], StoreStatus::Stored), vec![]);
+    let out = f.reply(wave2[1], preempted);
+    assert!(matches!(
+        out.as_slice(),
+        [Action::Failed(AppendError::Preempted {
+            may_be_stored: true,
+            ..
+        })]
+    ));
+}
+
+#[test]
+fn a_preempted_append_waits_for_its_stores_and_knows_when_nothing_was_stored() {
+    let seal = StoreStatus::Preempted {
+        seal: Epoch(4),
+        sequencer: Some(NodeId(9)),
+    };
+    // R = 3: the first refusal ends nothing while two stores are on their way; when they are
+    // refused too, no copy can exist and the append may be retried.
+    let (mut f, _) = start(3, 3);
+    let m = f.members();
+    assert_eq!(f.reply(m[0], seal.clone()), vec![]);
+    assert_eq!(f.reply(m[1], seal.clone()), vec![]);
+    let out = f.reply(m[2], seal.clone());
+    assert_eq!(
+        out,
+        vec![Action::Failed(AppendError::Preempted {
+            seal: Epoch(4),
+            sequencer: Some(NodeId(9)),
+            may_be_stored: false,
+        })]
+    );
+    let Action::Failed(err) = &out[0] else {
+        unreachable!()
+    };
+    assert!(err.certainly_not_appended());
+    assert!(f.appender.is_done());
+
+    // A store that timed out may have been applied: copies may exist.
+    let (mut f, _) = start(3, 3);
+    let m = f.members();
+    let wave = f.appender.wave();
+    assert_eq!(f.reply(m[0], seal.clone()), vec![]);
+    assert_eq!(f.at(5, Event::StoreTimedOut { node: m[1], wave }), vec![]);
+    let out = f.at(
+        6,
+        Event::TransportFailed {
+            node: m[2],
+            wave,
+            may_have_been_applied: false,
+        },
+    );
+    assert!(matches!(
+        out.as_slice(),
+        [Action::Failed(AppendError::Preempted {
+            may_be_stored: true,
+            ..
+        })]
+    ));
+
+    // The append timeout ends the wait even if a store never answers.
+    let (mut f, _) = start(3, 3);
+    let m = f.members();
+    assert_eq!(f.reply(m[0], seal), vec![]);
+    let late = policy().append_timeout.as_millis() as u64 + 1;
+    let out = f.at(late, Event::Tick);
     assert!(matches!(
         out.as_slice(),
         [Action::Failed(AppendError::Preempted {

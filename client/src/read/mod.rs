@@ -74,8 +74,12 @@ pub struct ReadOptions {
     pub from: ReadFrom,
     /// Where to stop (default: never, following the log).
     pub until: ReadUntil,
-    /// LSNs each node may ship beyond what the application took (per-reader buffering).
+    /// Most LSNs each node may ship beyond what the application took (per-reader buffering).
     pub window: u64,
+    /// Bytes of records each node may ship beyond what the application took (estimated from
+    /// the records' sizes; bounds the buffering of logs of large records). The window is
+    /// whichever of `window` and `window_bytes` is smaller.
+    pub window_bytes: u64,
     /// Single-copy delivery: each record is shipped by one node of its copyset instead of all
     /// R, which divides read traffic by R. The reader falls back to all nodes shipping
     /// everything whenever a node is down or a record looks missing, so this never costs a
@@ -99,6 +103,7 @@ impl Default for ReadOptions {
             from: ReadFrom::Oldest,
             until: ReadUntil::Forever,
             window: ReadStreamConfig::DEFAULT_WINDOW,
+            window_bytes: ReadStreamConfig::DEFAULT_WINDOW_BYTES,
             single_copy: true,
             grace: ReadStreamConfig::DEFAULT_GRACE,
             buffer: 64,
@@ -392,6 +397,7 @@ impl Client {
             from,
             until,
             window: options.window,
+            window_bytes: options.window_bytes,
             grace: options.grace,
             single_copy: options.single_copy,
             shuffle_seed: rand::random(),
@@ -399,7 +405,9 @@ impl Client {
         };
         let stream = ReadStream::new(config, &meta).map_err(|e| match e {
             ReadStreamError::EmptyRange { from, until } => ReadError::EmptyRange { from, until },
-            ReadStreamError::ZeroWindow => ReadError::InvalidOptions(e.to_string()),
+            ReadStreamError::ZeroWindow | ReadStreamError::ZeroWindowBytes => {
+                ReadError::InvalidOptions(e.to_string())
+            }
         })?;
         // Nodes gone since the last refresh are then known down at once (see `driver`).
         shared.refresh_soon();

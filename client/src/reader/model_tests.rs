@@ -108,6 +108,7 @@ struct Scenario {
     trim: u32,
     fates: BTreeMap<NodeId, Fate>,
     window: u64,
+    window_bytes: u64,
     single_copy: bool,
 }
 
@@ -122,6 +123,7 @@ impl Scenario {
         replication: usize,
         epochs: u32,
         window: u64,
+        window_bytes: u64,
         single_copy: bool,
     ) -> Scenario {
         let nodes: Vec<NodeId> = (0..n).map(NodeId).collect();
@@ -196,6 +198,7 @@ impl Scenario {
             trim,
             fates,
             window,
+            window_bytes,
             single_copy,
         }
     }
@@ -369,6 +372,7 @@ impl Sim {
     fn new(scenario: Scenario, mut rng: Rng) -> Sim {
         let mut config = ReadStreamConfig::new(super::tests::LOG, lsn(1, 1), scenario.until());
         config.window = scenario.window;
+        config.window_bytes = scenario.window_bytes;
         config.single_copy = scenario.single_copy;
         config.shuffle_seed = rng.next();
         let rs = ReadStream::new(config, &scenario.metadata()).unwrap();
@@ -733,9 +737,25 @@ fn check(scenario_desc: &str, sim: &Sim, expect: &[(Lsn, Expect)]) {
     }
 }
 
-fn run_case(seed: u64, n: u32, r: usize, epochs: u32, window: u64, single_copy: bool) {
+/// The window of one case: at most `lsns` LSNs and `bytes` bytes of records (the model's
+/// records weigh about 90 bytes each with overhead, so small `bytes` bind first).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    lsns: u64,
+    bytes: u64,
+}
+
+fn run_case(seed: u64, n: u32, r: usize, epochs: u32, window: Window, single_copy: bool) {
     let mut rng = Rng(seed);
-    let scenario = Scenario::generate(&mut rng, n, r, epochs, window, single_copy);
+    let scenario = Scenario::generate(
+        &mut rng,
+        n,
+        r,
+        epochs,
+        window.lsns,
+        window.bytes,
+        single_copy,
+    );
     let desc = format!("{scenario:#?}");
     let expect = expectations(&scenario);
     let mut sim = Sim::new(scenario, rng);
@@ -762,8 +782,10 @@ proptest! {
         r in 1usize..=3,
         epochs in 1u32..=4,
         window in 1u64..=8,
+        window_bytes in prop_oneof![Just(u64::MAX), 1u64..1000],
         single_copy: bool,
     ) {
+        let window = Window { lsns: window, bytes: window_bytes };
         run_case(seed, n, r, epochs, window, single_copy);
     }
 }
@@ -772,6 +794,10 @@ proptest! {
 #[test]
 fn model_smoke() {
     for seed in 0..50 {
-        run_case(seed, 5, 2, 2, 4, seed % 2 == 0);
+        let window = Window {
+            lsns: 4,
+            bytes: if seed % 3 == 0 { 200 } else { u64::MAX },
+        };
+        run_case(seed, 5, 2, 2, window, seed % 2 == 0);
     }
 }

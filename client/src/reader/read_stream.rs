@@ -64,6 +64,14 @@ use super::types::{
 const METADATA_RETRY_MIN: Duration = Duration::from_millis(100);
 const METADATA_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// What a record is assumed to weigh for the window's byte bound before the first one
+/// arrives: the default payload limit, so a log of large records cannot overrun
+/// `window_bytes` on the first window. The first record replaces the guess.
+const INITIAL_RECORD_BYTES: u64 = tally_common::limits::DEFAULT_MAX_PAYLOAD_BYTES as u64;
+
+/// Bytes a shipped record weighs besides its payload (header, framing), for the estimate.
+const RECORD_OVERHEAD_BYTES: u64 = 64;
+
 /// A wanted epoch's metadata: when it was last asked for, and the wait before asking again.
 #[derive(Clone, Copy, Debug)]
 struct MetadataWait {
@@ -111,6 +119,9 @@ pub struct ReadStream {
     /// Largest LSN up to which absence was proved (for sliding windows over long gaps).
     proved_through: Lsn,
     window_until: Lsn,
+    /// Estimated bytes per shipped record (payload and overhead): [`INITIAL_RECORD_BYTES`]
+    /// until the first record, then a moving average (each record moves it by 1/8).
+    record_bytes: Option<u64>,
     done: bool,
     view: Option<EpochView>,
     /// Nodes of the current epoch's node set.
@@ -151,8 +162,12 @@ impl ReadStream {
         if config.window == 0 {
             return Err(ReadStreamError::ZeroWindow);
         }
+        if config.window_bytes == 0 {
+            return Err(ReadStreamError::ZeroWindowBytes);
+        }
         let start = from.prev();
-        let window_until = Lsn(start.0.saturating_add(config.window)).min(config.until);
+        let window_until =
+            Lsn(start.0.saturating_add(window_lsns(&config, None))).min(config.until);
         let mut config = config;
         if !config.record_filter.is_everything() {
             config.single_copy = false;
@@ -165,6 +180,7 @@ impl ReadStream {
             consumed_through: start,
             proved_through: start,
             window_until,
+            record_bytes: None,
             done: false,
             view: None,
             nodes: BTreeMap::new(),
@@ -258,6 +274,11 @@ impl ReadStream {
                 break;
             }
             passed = lsn;
+            let weight = rec.payload.len() as u64 + RECORD_OVERHEAD_BYTES;
+            self.record_bytes = Some(match self.record_bytes {
+                None => weight,
+                Some(avg) => avg - avg / 8 + weight / 8,
+            });
             if lsn <= self.delivered_through {
                 self.stats.duplicates += 1;
                 continue;
@@ -471,7 +492,7 @@ impl ReadStream {
             return;
         }
         let base = self.consumed_through.max(self.proved_through);
-        let target = Lsn(base.0.saturating_add(self.config.window))
+        let target = Lsn(base.0.saturating_add(self.window_lsns()))
             .max(from)
             .min(self.config.until);
         self.window_until = target;
@@ -830,6 +851,12 @@ impl ReadStream {
         }
     }
 
+    /// The window in LSNs now: `config.window`, or fewer when records are large enough that
+    /// `config.window_bytes` binds first.
+    fn window_lsns(&self) -> u64 {
+        window_lsns(&self.config, self.record_bytes)
+    }
+
     /// Slides every stream's window once the application (or a proved gap) has moved half a
     /// window; returns to single-copy delivery at a slide once a suspected gap is behind.
     fn maybe_slide_window(&mut self) {
@@ -837,8 +864,9 @@ impl ReadStream {
             return;
         }
         let base = self.consumed_through.max(self.proved_through);
-        let target = Lsn(base.0.saturating_add(self.config.window)).min(self.config.until);
-        let step = (self.config.window / 2).max(1);
+        let window = self.window_lsns();
+        let target = Lsn(base.0.saturating_add(window)).min(self.config.until);
+        let step = (window / 2).max(1);
         if target <= self.window_until
             || (target.0 - self.window_until.0 < step && target != self.config.until)
         {
@@ -863,4 +891,11 @@ impl ReadStream {
             });
         }
     }
+}
+
+/// The window in LSNs for records estimated at `record_bytes` each (see
+/// [`INITIAL_RECORD_BYTES`] before the first): at least one LSN, at most `config.window`.
+fn window_lsns(config: &ReadStreamConfig, record_bytes: Option<u64>) -> u64 {
+    let per_record = record_bytes.unwrap_or(INITIAL_RECORD_BYTES).max(1);
+    (config.window_bytes / per_record).clamp(1, config.window.max(1))
 }

@@ -165,8 +165,12 @@ impl Harness {
     }
 }
 
+/// A config whose window is `window` LSNs whatever the records weigh (the byte bound has
+/// its own tests).
 fn config(from: Lsn, until: Lsn) -> ReadStreamConfig {
-    ReadStreamConfig::new(LOG, from, until)
+    let mut cfg = ReadStreamConfig::new(LOG, from, until);
+    cfg.window_bytes = u64::MAX;
+    cfg
 }
 
 fn three_nodes() -> LogMetadata {
@@ -851,6 +855,47 @@ fn bad_configs_are_refused() {
     assert_eq!(
         ReadStream::new(cfg, &meta).unwrap_err(),
         ReadStreamError::ZeroWindow
+    );
+    let mut cfg = config(lsn(1, 1), Lsn::MAX);
+    cfg.window_bytes = 0;
+    assert_eq!(
+        ReadStream::new(cfg, &meta).unwrap_err(),
+        ReadStreamError::ZeroWindowBytes
+    );
+}
+
+/// The window is bounded in bytes as well as LSNs: before the first record a record is
+/// assumed as large as the default payload limit, so the first window is small; once records
+/// arrive it is sized by their weight, up to `window` LSNs for small records, and stays small
+/// for large ones.
+#[test]
+fn the_window_is_bounded_in_bytes_by_the_records_weight() {
+    let meta = three_nodes();
+    let mut cfg = config(lsn(1, 1), Lsn::MAX);
+    cfg.window = 1000;
+    cfg.window_bytes = 4 * 1024 * 1024;
+    let mut h = Harness::new(cfg.clone(), &meta);
+    // 4 MiB over an assumed 1 MiB per record: a window of 4 LSNs.
+    assert_eq!(h.rs.window_until(), lsn(1, 4));
+    // Small records: the window grows to its LSN bound at the next slide.
+    for n in 0..3 {
+        h.records(n, vec![rec(lsn(1, 1)), rec(lsn(1, 2))]);
+    }
+    h.take_actions();
+    assert!(h.lsns().len() >= 2);
+    assert_eq!(h.rs.window_until(), lsn(1, 1002));
+    // Large records: 4 MiB spans a few of them, so the window stays at a few LSNs.
+    let mut h = Harness::new(cfg, &meta);
+    let big = |at: Lsn| record_with(at, RecordFlags::NONE, vec![7; 1024 * 1024]);
+    for n in 0..3 {
+        h.records(n, vec![big(lsn(1, 1)), big(lsn(1, 2))]);
+    }
+    h.take_actions();
+    assert_eq!(h.lsns().len(), 2);
+    assert!(
+        h.rs.window_until() <= lsn(1, 6),
+        "window {} with 1 MiB records and 4 MiB of window",
+        h.rs.window_until()
     );
 }
 

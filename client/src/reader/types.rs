@@ -18,8 +18,14 @@ pub struct ReadStreamConfig {
     pub from: Lsn,
     /// Last LSN to deliver (inclusive); [`Lsn::MAX`] to follow the log forever.
     pub until: Lsn,
-    /// LSNs each node may ship beyond what the application has consumed (bounded buffering).
+    /// Most LSNs each node may ship beyond what the application has consumed (bounded
+    /// buffering). The window actually used is also bounded by `window_bytes`.
     pub window: u64,
+    /// Bytes of records (payload and header, estimated from what arrives) the window may span
+    /// beyond what the application has consumed: keeps buffering bounded in bytes whatever the
+    /// record size, while small records get a window of many LSNs. In all-send-all mode every
+    /// copy holder ships the window, so up to R times this may be in flight.
+    pub window_bytes: u64,
     /// How long to wait for the rest of the node set once an f-majority proved absence.
     pub grace: Duration,
     /// Single-copy delivery: each record is shipped by one node of its copyset.
@@ -65,7 +71,10 @@ impl RecordFilter {
 
 impl ReadStreamConfig {
     /// Default `window`: LSNs each node may ship ahead.
-    pub const DEFAULT_WINDOW: u64 = 512;
+    pub const DEFAULT_WINDOW: u64 = 8192;
+    /// Default `window_bytes`: 16 MiB ahead of the application (8,192 LSNs of 2 KiB records;
+    /// 16 of 1 MiB records).
+    pub const DEFAULT_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
     /// Default `grace`: the wait for the rest of the node set after an f-majority.
     pub const DEFAULT_GRACE: Duration = Duration::from_millis(100);
 
@@ -76,6 +85,7 @@ impl ReadStreamConfig {
             from,
             until,
             window: Self::DEFAULT_WINDOW,
+            window_bytes: Self::DEFAULT_WINDOW_BYTES,
             grace: Self::DEFAULT_GRACE,
             single_copy: false,
             shuffle_seed: 0,
@@ -98,6 +108,9 @@ pub enum ReadStreamError {
     /// `window` is 0.
     #[error("the read window must be at least one LSN")]
     ZeroWindow,
+    /// `window_bytes` is 0.
+    #[error("the read window must span at least one byte")]
+    ZeroWindowBytes,
 }
 
 /// One incarnation of a node's read stream. A rewind or reconnect makes a new one, so late

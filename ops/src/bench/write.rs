@@ -4,7 +4,10 @@
 //! `--concurrency` (default 1, 16, 256) and every durability mode of `--durability` (default
 //! durable, fast). Reports appends per second and the acknowledgement latency (call to LSN)
 //! p50 / p99 / p999 per case, errors counted, and the group-commit gain: the durable rate at
-//! concurrency 256 over the durable rate at concurrency 1.
+//! concurrency 256 over the durable rate at concurrency 1. With `--rate R1,R2,…` it runs
+//! open-loop cases instead: appends start at a fixed rate whatever the answers (each in its own
+//! task) and latency counts from the intended start, so stalls show in the percentiles
+//! instead of slowing the load down.
 //!
 //! Target: with no `--seed`, a dev cluster started in this process in a temporary directory,
 //! through the same code as `tally dev` (1 sequencer node + 3 storage nodes on loopback QUIC,
@@ -82,6 +85,12 @@ pub struct WriteBenchArgs {
     /// Appends in flight (closed-loop tasks), one case each.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     concurrency: Vec<usize>,
+    /// Open-loop rates (appends per second, comma-separated), one case each, run instead of
+    /// the closed-loop cases: appends start on a fixed schedule whatever the answers, and
+    /// latency counts from each append's intended start, so a stall is charged to every
+    /// append it delays (no coordinated omission).
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
     /// Durability modes, one set of cases each.
     #[arg(
         long,
@@ -115,6 +124,8 @@ const FIRST_DURABLE_LOG: u64 = 1001;
 const FIRST_FAST_LOG: u64 = 2001;
 /// Distinct error messages printed per case (all errors are counted).
 const ERRORS_SHOWN: usize = 5;
+/// Most appends an open-loop case has outstanding; later starts are skipped (and counted).
+const OPEN_LOOP_MAX_IN_FLIGHT: usize = 100_000;
 
 #[derive(Debug, Serialize)]
 struct Case {
@@ -438,7 +449,26 @@ async fn bench(
     let mut order = Vec::new();
     for &mode in &args.durability {
         let logs = Arc::new(mode_logs(mode, args.logs));
-        for &concurrency in &args.concurrency {
+        for &rate in &args.rate {
+            let name = format!("{}_open{rate:.0}", mode_name(mode));
+            eprintln!(
+                "{name}: {rate:.0} appends/s open loop, {:.1} s warm-up + {:.1} s",
+                warmup.as_secs_f64(),
+                duration.as_secs_f64()
+            );
+            let case = run_open_case(
+                &client, &logs, &payloads, rate, warmup, duration, local, &name,
+            )
+            .await?;
+            cases.insert(name.clone(), case);
+            order.push(name);
+        }
+        let closed: &[usize] = if args.rate.is_empty() {
+            &args.concurrency
+        } else {
+            &[]
+        };
+        for &concurrency in closed {
             let name = format!("{}_c{concurrency}", mode_name(mode));
             eprintln!(
                 "{name}: {concurrency} appends in flight, {:.1} s warm-up + {:.1} s",
@@ -554,8 +584,7 @@ async fn run_case(
         }));
     }
     tokio::time::sleep_until(measure_from).await;
-    let stats_before = local.map(LocalCluster::write_stats);
-    let cpu_before = process_cpu_secs();
+    let before = Before::now(local);
     let mut hist = latency_histogram()?;
     let (mut ok, mut last_ack) = (0u64, measure_from);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -570,6 +599,124 @@ async fn run_case(
     }
     progress.finish();
     let elapsed = (last_ack - measure_from).max(duration);
+    Ok(finish_case(
+        name, local, before, elapsed, &hist, ok, &errors,
+    ))
+}
+
+/// The cluster's counters when the measured interval started.
+struct Before {
+    stats: Option<WriteStats>,
+    cpu: Option<f64>,
+}
+
+impl Before {
+    fn now(local: Option<&LocalCluster>) -> Before {
+        Before {
+            stats: local.map(LocalCluster::write_stats),
+            cpu: process_cpu_secs(),
+        }
+    }
+}
+
+/// One open-loop case: appends start at `rate` per second on a fixed schedule, each in its
+/// own task, rotating over `logs`; latency counts from the intended start. At most
+/// [`OPEN_LOOP_MAX_IN_FLIGHT`] appends are outstanding: a start due while that many are is
+/// skipped and counted as an error (a stuck cluster ends the case instead of piling up tasks).
+#[allow(clippy::too_many_arguments)]
+async fn run_open_case(
+    client: &Client,
+    logs: &Arc<Vec<LogId>>,
+    payloads: &Arc<Vec<Vec<u8>>>,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+    local: Option<&LocalCluster>,
+    name: &str,
+) -> anyhow::Result<Case> {
+    anyhow::ensure!(rate > 0.0, "--rate needs positive rates");
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let progress = crate::cli::progress::Progress::spinner(format!(
+        "{name}: {:.0?} of warm-up, then {:.0?} measured",
+        warmup, duration
+    ));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut before = None;
+    let mut skipped = 0u64;
+    for i in 0u64.. {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        if intended >= end {
+            break;
+        }
+        tokio::time::sleep_until(intended).await;
+        let measured = intended >= measure_from;
+        if measured && before.is_none() {
+            before = Some(Before::now(local));
+        }
+        if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= OPEN_LOOP_MAX_IN_FLIGHT {
+            skipped += u64::from(measured);
+            continue;
+        }
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let k = i as usize;
+        let (client, log, payload) = (
+            client.clone(),
+            logs[k % logs.len()],
+            payloads[k % payloads.len()].clone(),
+        );
+        let (done_tx, in_flight) = (done_tx.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            let outcome = client.append(log, payload).await;
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = done_tx.send((measured, intended, Instant::now(), outcome.map(|_| ())));
+        });
+    }
+    drop(done_tx);
+    let before = before.unwrap_or_else(|| Before::now(local));
+    let mut hist = latency_histogram()?;
+    let (mut ok, mut last_ack) = (0u64, measure_from);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    if skipped > 0 {
+        errors.insert(
+            format!("skipped: {OPEN_LOOP_MAX_IN_FLIGHT} appends were in flight"),
+            skipped,
+        );
+    }
+    while let Some((measured, intended, done, outcome)) = done_rx.recv().await {
+        if !measured {
+            continue;
+        }
+        match outcome {
+            Ok(()) => {
+                let us = (done - intended).as_micros().max(1);
+                hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+                ok += 1;
+                last_ack = last_ack.max(done);
+            }
+            Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    progress.finish();
+    let elapsed = (last_ack - measure_from).max(duration);
+    Ok(finish_case(
+        name, local, before, elapsed, &hist, ok, &errors,
+    ))
+}
+
+/// The figures of a case from what was measured over `elapsed`.
+fn finish_case(
+    name: &str,
+    local: Option<&LocalCluster>,
+    before: Before,
+    elapsed: Duration,
+    hist: &Histogram<u64>,
+    ok: u64,
+    errors: &BTreeMap<String, u64>,
+) -> Case {
+    let (stats_before, cpu_before) = (before.stats, before.cpu);
     let stats_after = local.map(LocalCluster::write_stats);
     let cpu_cores = match (cpu_before, process_cpu_secs()) {
         (Some(b), Some(a)) => Some((a - b) / elapsed.as_secs_f64()),
@@ -601,7 +748,7 @@ async fn run_case(
             }
             _ => (None, None, None, None),
         };
-    Ok(Case {
+    Case {
         appends_per_sec: ok as f64 / elapsed.as_secs_f64(),
         p50_us: hist.value_at_quantile(0.50),
         p99_us: hist.value_at_quantile(0.99),
@@ -613,7 +760,7 @@ async fn run_case(
         stores_per_fsync,
         records_per_append,
         db_writes_per_append,
-    })
+    }
 }
 
 /// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, clock ticks of

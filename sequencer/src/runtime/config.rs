@@ -31,6 +31,11 @@ pub struct SequencerConfig {
     /// After an activation forced by `no_redirect`, how long this node keeps serving the log
     /// without redirecting (so clients that cannot reach the owner are not bounced back).
     pub no_redirect_duration: Duration,
+    /// When such a takeover ends and the log's grants here are not all completed yet, how
+    /// long this node answers "retry" (`Unavailable`) instead of redirecting to the owner, so
+    /// the owner's new epoch does not seal appends still writing their copies here (an
+    /// orderly hand-back). Zero redirects at once.
+    pub handback_grace: Duration,
     /// Most logs this node keeps sequencer state for; beyond it new logs get `Overloaded`.
     pub max_logs: usize,
     /// Wait before watching membership again after the watch ended or failed.
@@ -59,6 +64,7 @@ impl SequencerConfig {
             release_timeout: Duration::from_secs(2),
             activation_timeout: Duration::from_secs(5),
             no_redirect_duration: Duration::from_secs(5),
+            handback_grace: Duration::from_secs(1),
             max_logs: 1 << 20,
             membership_retry: Duration::from_secs(1),
             recovery: RecoveryTiming::default(),

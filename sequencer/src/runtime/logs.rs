@@ -335,6 +335,25 @@ impl LogTable {
         slot.state().no_redirect_until = Some(until);
     }
 
+    /// Whether `slot` is handing its log back to the owner at `now`: a `no_redirect`
+    /// takeover ended at most `grace` ago, and its epoch still runs here unpreempted with
+    /// grants not completed yet. Until they complete (or `grace` passes) requests for the log
+    /// should be told to retry rather than redirected, so that the owner's new epoch, which
+    /// seals this one, does not fail the appends still writing their copies here.
+    pub fn handing_back(&self, slot: &LogSlot, now: Instant, grace: Duration) -> bool {
+        let state = slot.state();
+        let Some(until) = state.no_redirect_until else {
+            return false;
+        };
+        now >= until
+            && now.saturating_duration_since(until) < grace
+            && state.serving()
+            && state
+                .running
+                .as_ref()
+                .is_some_and(|r| r.seq.window().in_flight() > 0)
+    }
+
     /// Sequences if the log runs here and needs no new epoch.
     pub fn try_sequence(
         &self,
@@ -605,5 +624,95 @@ impl LogTable {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_sequencer::SequenceOutcome;
+    use tally_common::meta::{LogAttributes, NodeInfo, Roles, StorageState};
+    use tally_epochstore::{MemoryEpochStore, NodeLease};
+
+    /// A table whose log 1 runs in epoch 1 (one storage node, R = 1).
+    async fn running() -> (LogTable, Arc<LogSlot>, MemoryEpochStore, NodeLease) {
+        let store = MemoryEpochStore::new();
+        let storage = NodeInfo {
+            id: NodeId(101),
+            address: "127.0.0.1:4101".into(),
+            roles: Roles {
+                sequencer: false,
+                storage: true,
+            },
+            location: String::new(),
+            weight: 1,
+            state: StorageState::ReadWrite,
+        };
+        let lease = store
+            .register_node(storage, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let attributes = LogAttributes {
+            replication: 1,
+            ..LogAttributes::default()
+        };
+        store.create_log(LogId(1), attributes).await.unwrap();
+        let table = LogTable::new(
+            NodeId(1),
+            SequencerTiming::default(),
+            16,
+            Duration::from_secs(5),
+        );
+        let slot = table.slot(LogId(1)).unwrap();
+        let job = table.activate(&store, &slot).await.unwrap();
+        assert!(job.is_none(), "a fresh log has nothing to recover");
+        (table, slot, store, lease)
+    }
+
+    #[tokio::test]
+    async fn a_takeover_hands_back_once_its_grants_complete_or_the_grace_passes() {
+        let (table, slot, _store, _lease) = running().await;
+        let grace = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Not a takeover: nothing to hand back.
+        assert!(!table.handing_back(&slot, at(0), grace));
+        table.set_sticky(&slot, at(1000));
+        let TrySequence::Outcome(SequenceOutcome::Granted(grant), _) =
+            table.try_sequence(&slot, 2, 0, at(10))
+        else {
+            panic!("a running log grants");
+        };
+        // Still sticky: it serves, it does not hand back.
+        assert!(table.sticky(&slot, at(999)));
+        assert!(!table.handing_back(&slot, at(999), grace));
+        // Stickiness over with grants in flight: hand back (retry) until they complete …
+        assert!(!table.sticky(&slot, at(1000)));
+        assert!(table.handing_back(&slot, at(1000), grace));
+        assert!(table.handing_back(&slot, at(2999), grace));
+        // … or the grace passes.
+        assert!(!table.handing_back(&slot, at(3000), grace));
+        assert!(!table.handing_back(&slot, at(1500), Duration::ZERO));
+        assert!(matches!(
+            table.stored(LogId(1), grant.first, 2, at(1100)),
+            Report::Applied(_)
+        ));
+        assert!(!table.handing_back(&slot, at(1200), grace));
+    }
+
+    #[tokio::test]
+    async fn a_preempted_takeover_does_not_hold_the_log_back() {
+        let (table, slot, _store, _lease) = running().await;
+        let t0 = Instant::now();
+        table.set_sticky(&slot, t0);
+        let TrySequence::Outcome(SequenceOutcome::Granted(_), _) =
+            table.try_sequence(&slot, 1, 0, t0)
+        else {
+            panic!("a running log grants");
+        };
+        let later = t0 + Duration::from_millis(10);
+        assert!(table.handing_back(&slot, later, Duration::from_secs(1)));
+        assert!(table.report_preempted(LogId(1), Epoch(1), Epoch(1)));
+        assert!(!table.handing_back(&slot, later, Duration::from_secs(1)));
     }
 }

@@ -12,6 +12,11 @@
 //! always answered `Ack`, whether it applied or was ignored (an epoch this node no longer
 //! runs).
 //!
+//! Hand-back: when a `no_redirect` takeover's stickiness ends while grants of its epoch are
+//! still being written, requests for the log are answered `Unavailable` (retry) for up to
+//! `handback_grace` instead of `Redirect`: the owner's next activation seals this epoch, and
+//! appends still storing their copies here would fail with copies in doubt.
+//!
 //! Answers to a completion report the sequencer cannot apply (the log does not run here, the
 //! report names another epoch, or LSNs never granted) are terminal `BadRequest` errors with the
 //! reason: retrying cannot help, the client's append is already acknowledged by its R copies,
@@ -84,6 +89,18 @@ impl SequencerNode {
                         return error(ErrorCode::Unavailable, "membership is not known yet");
                     }
                     Some(Placement::Redirect(owner)) => {
+                        if self.logs.get(log).is_some_and(|slot| {
+                            self.logs
+                                .handing_back(&slot, now, self.config.handback_grace)
+                        }) {
+                            return error(
+                                ErrorCode::Unavailable,
+                                format!(
+                                    "{log} goes back to its owner {owner} once the appends in \
+                                     flight here complete"
+                                ),
+                            );
+                        }
                         self.config.metrics.redirects.inc();
                         return ClientResponse::Redirect { owner };
                     }

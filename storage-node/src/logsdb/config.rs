@@ -19,10 +19,14 @@ pub struct LogsDbConfig {
     pub max_payload_bytes: usize,
     /// Most records in one store request.
     pub max_records_per_write: usize,
-    /// Write requests queued for the writer thread before callers wait (backpressure).
+    /// Write requests queued for each writer thread before callers wait (backpressure).
     pub queue_capacity: usize,
-    /// Most bytes of record values the writer puts in one group commit.
+    /// Most bytes of record values a writer thread puts in one group commit.
     pub max_group_bytes: usize,
+    /// Writer threads, each owning the logs `log % writer_threads` (their metadata, directory
+    /// entries and writes; RocksDB joins their concurrent writes into one WAL write and
+    /// inserts into the memtables in parallel). Default: the available cores, 2 to 4.
+    pub writer_threads: usize,
     /// Memtable size of each partition column family.
     pub memtable_bytes: usize,
     /// Memtable budget across all column families.
@@ -57,6 +61,7 @@ impl Default for LogsDbConfig {
             max_records_per_write: DEFAULT_MAX_RECORDS_PER_BATCH as usize,
             queue_capacity: 1024,
             max_group_bytes: 32 << 20,
+            writer_threads: default_writer_threads(),
             memtable_bytes: 64 << 20,
             total_memtable_bytes: 512 << 20,
             max_wal_bytes: 1 << 30,
@@ -64,6 +69,13 @@ impl Default for LogsDbConfig {
             unsafe_controls: UnsafeControls::default(),
         }
     }
+}
+
+/// The available cores, at least 2 and at most 4.
+fn default_writer_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 4)
 }
 
 impl LogsDbConfig {
@@ -88,6 +100,7 @@ impl LogsDbConfig {
             ("max_records_per_write", self.max_records_per_write as u64),
             ("queue_capacity", self.queue_capacity as u64),
             ("max_group_bytes", self.max_group_bytes as u64),
+            ("writer_threads", self.writer_threads as u64),
             ("memtable_bytes", self.memtable_bytes as u64),
         ];
         for (name, v) in nonzero {
@@ -97,6 +110,9 @@ impl LogsDbConfig {
         }
         if self.max_payload_bytes > HARD_MAX_PAYLOAD_BYTES {
             return Err(ConfigError::PayloadAboveCap(self.max_payload_bytes));
+        }
+        if self.writer_threads > 64 {
+            return Err(ConfigError::WriterThreads(self.writer_threads));
         }
         if self.partition_file_limit > 100_000 {
             return Err(ConfigError::FileLimit(self.partition_file_limit));
@@ -112,12 +128,15 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("max_payload_bytes = {0} is above the hard cap of {HARD_MAX_PAYLOAD_BYTES}")]
     PayloadAboveCap(usize),
+    #[error("writer_threads = {0} is above 64")]
+    WriterThreads(usize),
     #[error("partition_file_limit = {0} is above 100000")]
     FileLimit(u32),
 }
 
 /// Database-wide RocksDB options: one WAL shared by every column family, fsync only when
-/// asked (group commit decides when), memtable budget shared by all partitions.
+/// asked (group commit decides when), memtable budget shared by all partitions, pipelined
+/// writes (for the concurrent batches of the writer threads).
 pub fn db_options(config: &LogsDbConfig) -> rocksdb::Options {
     let mut opts = rocksdb::Options::default();
     apply_db_options(&mut opts, config);
@@ -133,6 +152,9 @@ pub fn apply_db_options(opts: &mut rocksdb::Options, config: &LogsDbConfig) {
     opts.set_max_total_wal_size(config.max_wal_bytes);
     opts.set_max_background_jobs(2);
     opts.set_max_open_files(10_000);
+    // The writer threads' batches: RocksDB writes one group's WAL record while the previous
+    // group is still being inserted into the memtables (in parallel, one batch per writer).
+    opts.set_enable_pipelined_write(true);
     if config.unsafe_controls.skip_fsync {
         opts.set_manual_wal_flush(true);
     }
@@ -182,5 +204,18 @@ mod tests {
             ..LogsDbConfig::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::Zero("queue_capacity")));
+    }
+
+    #[test]
+    fn writer_threads_default_and_bounds() {
+        let n = LogsDbConfig::default().writer_threads;
+        assert!((2..=4).contains(&n), "{n}");
+        let c = |writer_threads| LogsDbConfig {
+            writer_threads,
+            ..LogsDbConfig::default()
+        };
+        assert_eq!(c(0).validate(), Err(ConfigError::Zero("writer_threads")));
+        assert_eq!(c(65).validate(), Err(ConfigError::WriterThreads(65)));
+        c(1).validate().unwrap();
     }
 }

@@ -104,8 +104,9 @@ pub struct PartitionInfo {
     pub bytes: u64,
 }
 
-/// The partition list and the per-log directory, in memory. The writer thread owns the
-/// authoritative copy and publishes changed entries to the readers' copy after each commit.
+/// The partition list and the per-log directory, in memory. Each writer thread owns the
+/// authoritative entries of its logs (and a copy of the partition list) and publishes changed
+/// entries to the readers' copy after each commit.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Directory {
     pub partitions: BTreeMap<PartitionId, PartitionInfo>,

@@ -9,8 +9,8 @@
 //!   full write (not `AMEND`).
 //!
 //! With distinct precedences the result does not depend on arrival order; among equal
-//! precedences the later write wins. The writer thread applies it read-modify-write; it
-//! serializes every write, so there is no race.
+//! precedences the later write wins. The writer thread owning the log applies it
+//! read-modify-write; it serializes every write to its logs, so there is no race.
 
 use tally_common::RecordFlags;
 

@@ -17,7 +17,7 @@
 //! - `identity`: [`NodeIdentity`] file and the data-directory lock.
 //! - `request`: write operations and their acknowledgement tickets.
 //! - `shared`: state shared by the handle and the threads; the WAL syncer thread.
-//! - `writer`: the single writer thread (group commit).
+//! - `writer`: the writer threads, each owning the logs of one shard (group commit).
 //! - `reader`: [`LogIterator`] and [`CopysetIterator`], and point reads of one LSN.
 //! - `notify`: [`LogWatch`], per-log wake-ups when the release or trim point moves.
 //! - `query`: `find_time` and `data_size`.
@@ -39,6 +39,8 @@ mod query;
 mod reader;
 mod request;
 mod retention;
+#[cfg(test)]
+mod sharding_tests;
 mod shared;
 mod store;
 mod value;

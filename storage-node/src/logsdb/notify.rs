@@ -1,5 +1,5 @@
 //! Per-log change notification for tailing readers: [`LogWatch`] wakes when the last released
-//! LSN or the trim point of one log moves (the writer thread signals after it published the
+//! LSN or the trim point of one log moves (a writer thread signals after it published the
 //! change to readers), so a read stream that has shipped everything it may waits on a watch
 //! instead of polling.
 //!
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tally_common::LogId;
 use tokio::sync::watch;
 
-/// The watched logs (shared by the handle and the writer thread).
+/// The watched logs (shared by the handle and the writer threads).
 #[derive(Debug, Default)]
 pub(crate) struct LogWatchers {
     logs: Mutex<HashMap<LogId, watch::Sender<()>>>,

@@ -1,8 +1,9 @@
-//! Write operations sent to the writer thread, their results, and [`Ticket`], the handle on
+//! Write operations sent to the writer threads, their results, and [`Ticket`], the handle on
 //! one operation's acknowledgement (awaitable from async code, or waited on from a thread).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Barrier, Mutex};
 
 use tally_common::{Durability, Epoch, Esn, LogId, Lsn, RecordHeader};
 use tokio::sync::oneshot;
@@ -59,16 +60,92 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// Operations that create or drop column families run alone, after the batch before them.
-    pub(crate) fn is_barrier(&self) -> bool {
-        matches!(self, Op::Retention { .. } | Op::Roll)
-    }
-
     pub(crate) fn value_bytes(&self) -> usize {
         match self {
             Op::Store(records) => records.iter().map(|r| r.value.len()).sum(),
             _ => 64,
         }
+    }
+
+    /// Which writer threads this operation needs: the one owning its log, every one owning a
+    /// log of a store (usually one), or all of them (operations on the partition list).
+    pub(crate) fn shards(&self, shards: usize) -> Vec<usize> {
+        let one = |log: &LogId| vec![shard_of(*log, shards)];
+        match self {
+            Op::Store(records) => {
+                let mut s: Vec<usize> = records
+                    .iter()
+                    .map(|r| shard_of(r.header.log, shards))
+                    .collect();
+                s.sort_unstable();
+                s.dedup();
+                if s.is_empty() {
+                    s.push(0);
+                }
+                s
+            }
+            Op::Seal { log, .. }
+            | Op::Trim { log, .. }
+            | Op::SetLastReleased { log, .. }
+            | Op::SetLastCleanEpoch { log, .. }
+            | Op::SetEpochLng { log, .. }
+            | Op::RemoveCopy { log, .. } => one(log),
+            Op::Retention { .. } | Op::Roll => (0..shards).collect(),
+        }
+    }
+
+    /// Operations that touch the partition list run alone, with every writer thread paused.
+    pub(crate) fn is_global(&self) -> bool {
+        matches!(self, Op::Retention { .. } | Op::Roll)
+    }
+}
+
+/// The writer thread that owns `log` (its metadata, its directory entries, its writes).
+pub(crate) fn shard_of(log: LogId, shards: usize) -> usize {
+    (log.0 % shards as u64) as usize
+}
+
+/// What the writer threads' queues carry.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// An operation on logs of this writer thread only.
+    Request(Request),
+    /// An operation that needs several writer threads (see [`Exclusive`]).
+    Exclusive(Arc<Exclusive>),
+}
+
+impl Msg {
+    pub(crate) fn value_bytes(&self) -> usize {
+        match self {
+            Msg::Request(r) => r.op.value_bytes(),
+            Msg::Exclusive(_) => 64,
+        }
+    }
+}
+
+/// An operation run by one writer thread while the others it involves are paused: queued to
+/// each of them (in the same order relative to other exclusive operations: they are queued
+/// under one lock), so it runs after everything queued before it on each. The last thread to
+/// arrive runs it with every writer thread's state locked; the others wait until it is done.
+pub(crate) struct Exclusive {
+    pub arrive: Barrier,
+    pub leave: Barrier,
+    pub request: Mutex<Option<Request>>,
+}
+
+impl Exclusive {
+    pub(crate) fn new(parties: usize, request: Request) -> Exclusive {
+        Exclusive {
+            arrive: Barrier::new(parties),
+            leave: Barrier::new(parties),
+            request: Mutex::new(Some(request)),
+        }
+    }
+}
+
+impl fmt::Debug for Exclusive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exclusive").finish_non_exhaustive()
     }
 }
 

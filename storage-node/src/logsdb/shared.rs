@@ -1,4 +1,4 @@
-//! State shared by the public handle, the writer thread and the syncer thread: the database,
+//! State shared by the public handle, the writer threads and the syncer thread: the database,
 //! the readers' view of the directory and metadata, the failure latch, write counters, the
 //! per-log change watchers; and the syncer thread itself (one `flush_wal(sync)` for every
 //! hand-off queued).
@@ -54,7 +54,7 @@ pub(crate) struct Counters {
 /// A snapshot of the write-path counters since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteStats {
-    /// Groups the writer thread committed (one RocksDB write each).
+    /// Groups the writer threads committed (one RocksDB write each).
     pub groups: u64,
     /// Write requests processed.
     pub requests: u64,

@@ -1,5 +1,5 @@
 //! [`LogsDb`]: opening (lock, identity, column families, metadata, clean-shutdown marker),
-//! the write API (async and blocking, all through the writer thread; plus `remove_copy`, a
+//! the write API (async and blocking, all through the writer threads; plus `remove_copy`, a
 //! repair and test tool) and the read API (iterators, point reads, metadata, per-log change
 //! watches, `find_time`, `data_size`), and closing.
 
@@ -28,13 +28,13 @@ use super::open::{load_meta, reconcile_partitions, repair_lagging_directory};
 use super::query::{self, FindTimeAccuracy};
 use super::reader::{self, CopysetIterator, LogIterator, ReadItem};
 use super::request::{
-    Op, OpResult, PreparedRecord, Request, Ticket, TrimOutcome, done, retention, rolled, sealed,
-    trimmed,
+    Exclusive, Msg, Op, OpResult, PreparedRecord, Request, Ticket, TrimOutcome, done, retention,
+    rolled, sealed, trimmed,
 };
 use super::retention::RetentionReport;
 use super::shared::{META_CF, Shared, View, WriteStats, run_syncer, sync_write_opts};
 use super::value::{self, LogRecord};
-use super::writer::Writer;
+use super::writer::{Writer, Writers};
 
 const SCHEMA_VERSION: u32 = 1;
 
@@ -57,7 +57,11 @@ pub struct OpenReport {
 pub struct LogsDb {
     // Field order is drop order: the database closes before the directory lock is released.
     shared: Arc<Shared>,
-    tx: Option<tokio::sync::mpsc::Sender<Request>>,
+    /// One queue per writer thread (see `writer`).
+    tx: Option<Vec<tokio::sync::mpsc::Sender<Msg>>>,
+    /// Held while an exclusive operation is queued to several writers, so that all of them
+    /// see exclusive operations in one order.
+    exclusive: tokio::sync::Mutex<()>,
     threads: Vec<JoinHandle<()>>,
     report: OpenReport,
     _lock: DirLock,
@@ -175,9 +179,9 @@ impl LogsDb {
             stats: Default::default(),
             watchers: Default::default(),
         });
-        let (tx, rx) = tokio::sync::mpsc::channel(config.queue_capacity);
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
-        let writer = Writer::new(shared.clone(), rx, sync_tx, dir_state, logs);
+        let shards = config.writer_threads;
+        let writers = Writers::new(shared.clone(), dir_state, logs, shards);
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -185,16 +189,25 @@ impl LogsDb {
                 .map_err(|e| LogsDbError::io(dir, e))
         };
         let syncer_shared = shared.clone();
-        let threads = vec![
-            spawn("logsdb-writer", Box::new(move || writer.run()))?,
-            spawn(
-                "logsdb-syncer",
-                Box::new(move || run_syncer(syncer_shared, sync_rx)),
-            )?,
-        ];
+        let mut threads = vec![spawn(
+            "logsdb-syncer",
+            Box::new(move || run_syncer(syncer_shared, sync_rx)),
+        )?];
+        let mut txs = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let (tx, rx) = tokio::sync::mpsc::channel(config.queue_capacity);
+            let writer = Writer::new(writers.clone(), shard, rx, sync_tx.clone());
+            threads.push(spawn(
+                &format!("logsdb-writer-{shard}"),
+                Box::new(move || writer.run()),
+            )?);
+            txs.push(tx);
+        }
+        drop(sync_tx);
         Ok(LogsDb {
             shared,
-            tx: Some(tx),
+            tx: Some(txs),
+            exclusive: tokio::sync::Mutex::new(()),
             threads,
             report,
             _lock: lock,
@@ -212,7 +225,7 @@ impl LogsDb {
         self.shared.stats.snapshot()
     }
 
-    /// Stops the writer after the queued writes, syncs the WAL and records a clean shutdown.
+    /// Stops the writers after the queued writes, syncs the WAL and records a clean shutdown.
     pub fn close(mut self) -> Result<(), LogsDbError> {
         self.shutdown()
     }
@@ -312,15 +325,48 @@ impl LogsDb {
         ))
     }
 
+    fn senders(&self) -> Result<&[tokio::sync::mpsc::Sender<Msg>], LogsDbError> {
+        self.tx.as_deref().ok_or(LogsDbError::Closed)
+    }
+
+    /// The writers `op` goes to: one (queued as a plain request) or several (exclusive).
+    fn route(&self, op: &Op) -> Result<Vec<usize>, LogsDbError> {
+        Ok(op.shards(self.senders()?.len()))
+    }
+
     async fn submit_async<T>(
         &self,
         op: Op,
         durability: Durability,
         map: fn(OpResult) -> T,
     ) -> Result<Ticket<T>, LogsDbError> {
+        let shards = self.route(&op)?;
+        let global = op.is_global();
         let (req, rx) = self.request(op, durability)?;
-        let tx = self.tx.as_ref().ok_or(LogsDbError::Closed)?;
-        tx.send(req).await.map_err(|_| LogsDbError::Closed)?;
+        let txs = self.senders()?;
+        if shards.len() == 1 && !global {
+            txs[shards[0]]
+                .send(Msg::Request(req))
+                .await
+                .map_err(|_| LogsDbError::Closed)?;
+            return Ok(Ticket::new(rx, map));
+        }
+        // Reserve a slot in every queue first, then queue to all without waiting: a caller
+        // cancelled while waiting leaves no writer waiting for the others.
+        let _order = self.exclusive.lock().await;
+        let mut permits = Vec::with_capacity(shards.len());
+        for &shard in &shards {
+            permits.push(
+                txs[shard]
+                    .reserve()
+                    .await
+                    .map_err(|_| LogsDbError::Closed)?,
+            );
+        }
+        let call = Arc::new(Exclusive::new(shards.len(), req));
+        for permit in permits {
+            permit.send(Msg::Exclusive(call.clone()));
+        }
         Ok(Ticket::new(rx, map))
     }
 
@@ -330,15 +376,27 @@ impl LogsDb {
         durability: Durability,
         map: fn(OpResult) -> T,
     ) -> Result<Ticket<T>, LogsDbError> {
+        let shards = self.route(&op)?;
+        let global = op.is_global();
         let (req, rx) = self.request(op, durability)?;
-        let tx = self.tx.as_ref().ok_or(LogsDbError::Closed)?;
+        let txs = self.senders()?;
         // Fast path without entering a blocking context; wait only when the queue is full.
-        match tx.try_send(req) {
-            Ok(()) => {}
-            Err(TrySendError::Full(req)) => {
-                tx.blocking_send(req).map_err(|_| LogsDbError::Closed)?
-            }
-            Err(TrySendError::Closed(_)) => return Err(LogsDbError::Closed),
+        let send = |tx: &tokio::sync::mpsc::Sender<Msg>, msg: Msg| match tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) => tx.blocking_send(msg).map_err(|_| LogsDbError::Closed),
+            Err(TrySendError::Closed(_)) => Err(LogsDbError::Closed),
+        };
+        if shards.len() == 1 && !global {
+            send(&txs[shards[0]], Msg::Request(req))?;
+            return Ok(Ticket::new(rx, map));
+        }
+        let _order = match self.exclusive.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.exclusive.blocking_lock(),
+        };
+        let call = Arc::new(Exclusive::new(shards.len(), req));
+        for &shard in &shards {
+            send(&txs[shard], Msg::Exclusive(call.clone()))?;
         }
         Ok(Ticket::new(rx, map))
     }

@@ -1,13 +1,24 @@
-//! The single writer thread and its hand-off to the WAL syncer thread: group commit.
+//! The writer threads and their hand-off to the WAL syncer thread: group commit.
 //!
-//! Every mutation of LogsDB goes through one bounded queue to one writer thread, which
-//! serializes them (so the precedence merge and the seal checks are race-free read-modify-
-//! writes). The writer takes every request queued (up to `max_group_bytes`), applies them to
-//! one `WriteBatch`, writes it without fsync, publishes the changed directory and metadata to
-//! readers, then acknowledges `fast` requests at once and hands the others to the syncer. The
-//! syncer takes every hand-off queued, calls one `flush_wal(sync = true)` for all of them and
-//! acknowledges them: many batches share one fsync, and the writer keeps writing while the
-//! syncer waits on the disk. Seals are always acknowledged after the sync.
+//! Every mutation of LogsDB goes through a bounded queue to a writer thread. Logs are sharded
+//! over `writer_threads` writer threads (`log % writer_threads`, see
+//! [`super::request::shard_of`]); each owns the metadata and directory entries of its logs
+//! ([`ShardState`]) and serializes the mutations of its logs (so the precedence merge and the
+//! seal checks are race-free read-modify-writes). A writer takes every request queued for it
+//! (up to `max_group_bytes`), applies them to one `WriteBatch`, writes it without fsync,
+//! publishes the changed directory and metadata to readers, then acknowledges `fast` requests
+//! at once and hands the others to the syncer. RocksDB joins the writers' concurrent batches
+//! into one WAL write and inserts them into the memtables in parallel. The syncer takes every
+//! hand-off queued, calls one `flush_wal(sync = true)` for all of them and acknowledges them:
+//! many batches share one fsync, and the writers keep writing while the syncer waits on the
+//! disk. Seals are always acknowledged after the sync.
+//!
+//! Operations on the partition list (roll, retention) and stores that span the logs of
+//! several writers are [`Exclusive`]: queued to every writer involved, run by the last to
+//! reach it with every writer's state locked (the others wait), so they see and change all
+//! logs at one point of each queue. A writer that finds the newest partition full or old
+//! rolls it under the same locks. Every writer keeps a copy of the partition list, changed
+//! only under all locks; partition sizes are summed in the readers' view.
 //!
 //! Record and copyset-index writes of a group are staged and written in key order (see
 //! [`Batch`]). Directory entries are persisted in the group's batch when they are created or
@@ -24,9 +35,9 @@
 //! `Failed` until the process restarts (DESIGN §7).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{BoundColumnFamily, WriteBatch, WriteOptions};
 use tally_common::{Durability, Epoch, LogId, Lsn, RecordFlags};
@@ -37,7 +48,9 @@ use super::error::LogsDbError;
 use super::keys::{self, CSI_TAG, DATA_TAG, MetaTag};
 use super::log_meta::{LogMeta, preemption};
 use super::merge::merge;
-use super::request::{Op, OpResult, PreparedRecord, Request, TrimOutcome};
+use super::request::{
+    Exclusive, Msg, Op, OpResult, PreparedRecord, Reply, Request, TrimOutcome, shard_of,
+};
 use super::retention::{self, RetentionReport};
 use super::shared::{Pending, Shared, sync_write_opts};
 use super::value;
@@ -60,7 +73,8 @@ struct Touched {
     lag_marks: BTreeSet<PartitionId>,
     meta: BTreeSet<(LogId, MetaTag)>,
     lng: BTreeSet<(LogId, Epoch)>,
-    partitions: BTreeSet<PartitionId>,
+    /// Bytes written per partition (added to the readers' partition sizes).
+    partitions: BTreeMap<PartitionId, u64>,
 }
 
 /// What the current batch does to the copy at one `(log, lsn)`: the latest staged write
@@ -102,6 +116,24 @@ struct Batch {
 }
 
 impl Batch {
+    fn is_empty(&self) -> bool {
+        self.fast.is_empty()
+            && self.durable.is_empty()
+            && self.staged.is_empty()
+            && self.touched.dir.is_empty()
+            && self.touched.meta.is_empty()
+            && self.touched.lng.is_empty()
+    }
+
+    /// Bytes the batch's writes take in a `WriteBatch` (record bytes plus about 64 bytes per
+    /// metadata entry and per-entry framing).
+    fn capacity(&self) -> usize {
+        self.staged_bytes
+            + 8 * self.staged.len()
+            + 64 * (self.touched.dir.len() + self.touched.meta.len() + self.touched.lng.len())
+            + 64
+    }
+
     /// Stages the removal of the copy at `(log, lsn)` in partition `pid` (data key and
     /// copyset-index key), replacing any write of it staged earlier in this batch.
     fn stage_delete(&mut self, pid: PartitionId, log: LogId, lsn: Lsn) {
@@ -138,128 +170,227 @@ impl Batch {
     }
 }
 
-pub(crate) struct Writer {
-    shared: Arc<Shared>,
-    rx: tokio::sync::mpsc::Receiver<Request>,
-    sync_tx: SyncSender<Vec<Pending>>,
+/// What one writer thread owns: the metadata and directory entries of its logs, a copy of the
+/// partition list, and its bookkeeping of lazily persisted directory entries.
+pub(crate) struct ShardState {
     dir: Directory,
     logs: HashMap<LogId, LogMeta>,
+    /// Whether this writer has recorded (durably) that `fast` writes were acknowledged.
     fast_marked: bool,
-    groups_since_file_check: u32,
     /// Directory entries changed in memory since they were last persisted. Each one only grew
     /// upwards (last LSN, maximum timestamp, bytes), which open can recover from the records.
     dir_lagging: BTreeSet<(LogId, PartitionId)>,
-    /// Partitions with a persisted lag mark written by this run.
+    /// Partitions with a persisted lag mark written by this writer in this run.
     dir_marked: BTreeSet<PartitionId>,
     groups_since_dir_persist: u32,
 }
 
-impl Writer {
+type Guards<'a> = Vec<MutexGuard<'a, ShardState>>;
+
+/// The writer threads' states, shared so that an exclusive operation can lock them all.
+pub(crate) struct Writers {
+    shared: Arc<Shared>,
+    states: Vec<Mutex<ShardState>>,
+    /// Writer threads still running; the last one to stop persists the directory.
+    running: AtomicUsize,
+}
+
+impl Writers {
+    /// Splits the loaded directory and metadata over `shards` writer threads.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: tokio::sync::mpsc::Receiver<Request>,
-        sync_tx: SyncSender<Vec<Pending>>,
         dir: Directory,
         logs: HashMap<LogId, LogMeta>,
+        shards: usize,
+    ) -> Arc<Writers> {
+        let mut states: Vec<ShardState> = (0..shards)
+            .map(|_| ShardState {
+                dir: Directory {
+                    partitions: dir.partitions.clone(),
+                    entries: BTreeMap::new(),
+                },
+                logs: HashMap::new(),
+                fast_marked: false,
+                dir_lagging: BTreeSet::new(),
+                dir_marked: BTreeSet::new(),
+                groups_since_dir_persist: 0,
+            })
+            .collect();
+        for (log, entries) in dir.entries {
+            states[shard_of(log, shards)]
+                .dir
+                .entries
+                .insert(log, entries);
+        }
+        for (log, meta) in logs {
+            states[shard_of(log, shards)].logs.insert(log, meta);
+        }
+        Arc::new(Writers {
+            shared,
+            states: states.into_iter().map(Mutex::new).collect(),
+            running: AtomicUsize::new(shards),
+        })
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
+        self.states[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every writer's state, locked in index order (the only order anything locks two in).
+    fn lock_all(&self) -> Guards<'_> {
+        (0..self.states.len()).map(|i| self.lock(i)).collect()
+    }
+
+    /// At a clean close (after every writer thread stopped): persists every lagging directory
+    /// entry and deletes this run's lag marks (not synced here: the close syncs the WAL before
+    /// it records a clean shutdown).
+    fn persist_directory(&self) {
+        let shared = &self.shared;
+        let mut all = self.lock_all();
+        if shared.failure.get().is_some()
+            || all
+                .iter()
+                .all(|st| st.dir_lagging.is_empty() && st.dir_marked.is_empty())
+        {
+            return;
+        }
+        let meta_cf = shared.meta_cf();
+        let mut wb = WriteBatch::default();
+        for st in all.iter() {
+            for &(log, pid) in &st.dir_lagging {
+                if let Some(e) = st.dir.entry(log, pid) {
+                    wb.put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
+                }
+            }
+            for &pid in &st.dir_marked {
+                wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
+            }
+        }
+        drop(meta_cf);
+        match shared.db.write_opt(wb, &WriteOptions::default()) {
+            Ok(()) => {
+                for st in all.iter_mut() {
+                    st.dir_lagging.clear();
+                    st.dir_marked.clear();
+                }
+            }
+            Err(e) => shared.fail(format!("persisting the directory at close: {e}")),
+        }
+    }
+}
+
+/// One writer thread.
+pub(crate) struct Writer {
+    core: Arc<Writers>,
+    shard: usize,
+    rx: tokio::sync::mpsc::Receiver<Msg>,
+    sync_tx: SyncSender<Vec<Pending>>,
+    groups_since_file_check: u32,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        core: Arc<Writers>,
+        shard: usize,
+        rx: tokio::sync::mpsc::Receiver<Msg>,
+        sync_tx: SyncSender<Vec<Pending>>,
     ) -> Writer {
         Writer {
-            shared,
+            core,
+            shard,
             rx,
             sync_tx,
-            dir,
-            logs,
-            fast_marked: false,
             groups_since_file_check: 0,
-            dir_lagging: BTreeSet::new(),
-            dir_marked: BTreeSet::new(),
-            groups_since_dir_persist: 0,
         }
     }
 
     /// Runs until every sender is gone and the queue is drained.
     pub(crate) fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut bytes = first.op.value_bytes();
+            let max_group_bytes = self.core.shared.config.max_group_bytes;
+            let mut bytes = first.value_bytes();
             let mut group = vec![first];
-            while bytes < self.shared.config.max_group_bytes {
+            while bytes < max_group_bytes {
                 match self.rx.try_recv() {
-                    Ok(r) => {
-                        bytes += r.op.value_bytes();
-                        group.push(r);
+                    Ok(m) => {
+                        bytes += m.value_bytes();
+                        group.push(m);
                     }
                     Err(_) => break,
                 }
             }
-            self.shared.stats.groups.fetch_add(1, Ordering::Relaxed);
-            self.shared
-                .stats
-                .requests
-                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            let stats = &self.core.shared.stats;
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            let requests = group
+                .iter()
+                .filter(|m| matches!(m, Msg::Request(_)))
+                .count();
+            stats.requests.fetch_add(requests as u64, Ordering::Relaxed);
             self.process(group);
         }
-        self.persist_directory();
+        if self.core.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.core.persist_directory();
+        }
     }
 
-    /// At a clean close: persists every lagging directory entry and deletes this run's lag
-    /// marks (not synced here: the close syncs the WAL before it records a clean shutdown).
-    fn persist_directory(&mut self) {
-        if self.shared.failure.get().is_some()
-            || (self.dir_lagging.is_empty() && self.dir_marked.is_empty())
-        {
+    fn process(&mut self, group: Vec<Msg>) {
+        let mut requests = Vec::with_capacity(group.len());
+        for msg in group {
+            match msg {
+                Msg::Request(r) => requests.push(r),
+                Msg::Exclusive(call) => {
+                    let before = std::mem::take(&mut requests);
+                    self.guarded(|w| w.process_requests(before));
+                    self.exclusive(&call);
+                }
+            }
+        }
+        self.guarded(|w| w.process_requests(requests));
+    }
+
+    /// Runs `f`; a panic in it (a bug) stops LogsDB acknowledging, like a write error, instead
+    /// of ending this thread: the thread keeps draining its queue (every request then fails
+    /// with `Failed`) and keeps taking its part in exclusive operations, which the other
+    /// writers wait for. The replies `f` held are dropped, so their callers see `Closed`.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if outcome.is_err() {
+            self.core
+                .shared
+                .fail(format!("writer thread {} panicked", self.shard));
+        }
+    }
+
+    fn process_requests(&mut self, group: Vec<Request>) {
+        if group.is_empty() {
             return;
         }
-        let shared = self.shared.clone();
-        let meta_cf = shared.meta_cf();
-        let mut wb = WriteBatch::default();
-        for &(log, pid) in &self.dir_lagging {
-            if let Some(e) = self.dir.entry(log, pid) {
-                wb.put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
-            }
-        }
-        for &pid in &self.dir_marked {
-            wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
-        }
-        drop(meta_cf);
-        match shared.db.write_opt(wb, &WriteOptions::default()) {
-            Ok(()) => {
-                self.dir_lagging.clear();
-                self.dir_marked.clear();
-            }
-            Err(e) => shared.fail(format!("persisting the directory at close: {e}")),
-        }
-    }
-
-    fn process(&mut self, group: Vec<Request>) {
-        if self.shared.failure.get().is_some() {
+        let shared = self.core.shared.clone();
+        if shared.failure.get().is_some() {
             for r in group {
                 let _ = r
                     .reply
-                    .send(Err(self.shared.failed().unwrap_or(LogsDbError::Closed)));
+                    .send(Err(shared.failed().unwrap_or(LogsDbError::Closed)));
             }
             return;
         }
         // Only data decides when a partition is full or old; metadata never starts one.
         let has_store = group.iter().any(|r| matches!(r.op, Op::Store(_)));
         if has_store && let Err(e) = self.maybe_roll() {
-            self.shared.fail(format!("creating a partition: {e}"));
-            return self.process(group);
+            shared.fail(format!("creating a partition: {e}"));
+            return self.process_requests(group);
         }
-        let shared = self.shared.clone();
+        let core = self.core.clone();
+        let mut st = core.lock(self.shard);
         let mut cfs: HashMap<PartitionId, Arc<BoundColumnFamily<'_>>> = HashMap::new();
         let mut batch = Batch::default();
         for req in group {
-            if req.op.is_barrier() {
-                self.commit(std::mem::take(&mut batch));
-                cfs.clear();
-                self.barrier(req);
-                continue;
-            }
             let Request {
                 op,
                 durability,
                 reply,
             } = req;
-            match self.stage(&shared.db, &mut cfs, &mut batch, op, durability) {
+            match st.stage(&shared, &mut cfs, &mut batch, op, durability) {
                 Ok((result, durable)) => {
                     if durable {
                         batch.durable.push((reply, result))
@@ -272,16 +403,120 @@ impl Writer {
                     // column family) may have left part of the request in the batch: stop
                     // acknowledging rather than commit half a request.
                     if !matches!(e, LogsDbError::Preempted { .. }) {
-                        self.shared.fail(format!("staging a write: {e}"));
+                        shared.fail(format!("staging a write: {e}"));
                     }
                     let _ = reply.send(Err(e));
                 }
             }
         }
         drop(cfs);
-        self.commit(batch);
+        commit(&shared, &self.sync_tx, vec![(&mut *st, batch)]);
     }
 
+    /// Takes part in an exclusive operation: waits for the other writers involved; the last
+    /// to arrive runs it with every writer's state locked.
+    fn exclusive(&mut self, call: &Exclusive) {
+        if call.arrive.wait().is_leader() {
+            let req = call
+                .request
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(req) = req {
+                // Whatever happens in it, every writer involved must pass `leave`.
+                self.guarded(|w| {
+                    let core = w.core.clone();
+                    let mut all = core.lock_all();
+                    w.run_exclusive(&mut all, req);
+                });
+            }
+        }
+        call.leave.wait();
+    }
+
+    fn run_exclusive(&mut self, all: &mut Guards<'_>, req: Request) {
+        let shared = self.core.shared.clone();
+        shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = shared.failed() {
+            let _ = req.reply.send(Err(e));
+            return;
+        }
+        let Request {
+            op,
+            durability,
+            reply,
+        } = req;
+        let result = match op {
+            Op::Roll => roll(&shared, all).map(OpResult::Rolled),
+            Op::Retention { backlogs_ms } => {
+                retention(&shared, all, &backlogs_ms).map(OpResult::Retention)
+            }
+            Op::Store(records) => {
+                let rolled = match self.roll_due() {
+                    Ok(Some(_)) => roll(&shared, all).map(drop),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = rolled {
+                    shared.fail(format!("creating a partition: {e}"));
+                    let _ = reply.send(Err(shared.failed().unwrap_or(LogsDbError::Closed)));
+                    return;
+                }
+                return store_across(&shared, &self.sync_tx, all, records, durability, reply);
+            }
+            other => unreachable!("{other:?} is not exclusive"),
+        };
+        if let Err(e) = &result {
+            shared.fail(format!("partition maintenance: {e}"));
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Rolls the newest partition when it is due (see [`Writer::roll_due`]).
+    fn maybe_roll(&mut self) -> Result<(), LogsDbError> {
+        if let Some(current) = self.roll_due()? {
+            let mut all = self.core.lock_all();
+            // Another writer may have rolled it while this one waited for the locks.
+            if all[0].dir.current() == current {
+                roll(&self.core.shared, &mut all)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest partition if it is old, full, or has too many files (checked against the
+    /// readers' view, where the partition sizes of all writers add up).
+    fn roll_due(&mut self) -> Result<Option<PartitionId>, LogsDbError> {
+        let shared = &self.core.shared;
+        let config = &shared.config;
+        let (current, info) = {
+            let view = shared.view.read().unwrap_or_else(|p| p.into_inner());
+            let current = view.dir.current();
+            (current, view.dir.partitions.get(&current).copied())
+        };
+        let mut should_roll = match info {
+            None => true,
+            Some(info) => {
+                let now = shared.clock.now_ms();
+                now.saturating_sub(info.created_ms) >= config.partition_duration_ms
+                    || info.bytes >= config.partition_size_bytes
+            }
+        };
+        self.groups_since_file_check += 1;
+        if !should_roll && self.groups_since_file_check >= FILE_CHECK_EVERY_GROUPS {
+            self.groups_since_file_check = 0;
+            if let Some(cf) = shared.db.cf_handle(&current.cf_name()) {
+                let files = shared
+                    .db
+                    .property_int_value_cf(&cf, "rocksdb.num-files-at-level0")?;
+                should_roll = files.unwrap_or(0) >= u64::from(config.partition_file_limit);
+            }
+        }
+        Ok(should_roll.then_some(current))
+    }
+}
+
+impl ShardState {
     fn cf<'a>(
         db: &'a Db,
         cfs: &mut HashMap<PartitionId, Arc<BoundColumnFamily<'a>>>,
@@ -297,11 +532,11 @@ impl Writer {
         Ok(cf)
     }
 
-    /// Applies one non-barrier operation to the batch; returns its result and whether its
+    /// Applies one non-exclusive operation to the batch; returns its result and whether its
     /// reply must wait for the WAL sync.
     fn stage<'a>(
         &mut self,
-        db: &'a Db,
+        shared: &'a Shared,
         cfs: &mut HashMap<PartitionId, Arc<BoundColumnFamily<'a>>>,
         batch: &mut Batch,
         op: Op,
@@ -310,7 +545,7 @@ impl Writer {
         let durable = durability == Durability::Durable;
         match op {
             Op::Store(records) => {
-                self.stage_store(db, cfs, batch, records)?;
+                self.stage_store(shared, cfs, batch, records)?;
                 if !durable {
                     batch.has_fast_store = true;
                 }
@@ -376,20 +611,21 @@ impl Writer {
                 }
                 Ok((OpResult::Done, durable))
             }
-            Op::Retention { .. } | Op::Roll => unreachable!("barriers are not staged"),
+            Op::Retention { .. } | Op::Roll => unreachable!("exclusive operations are not staged"),
         }
     }
 
     fn stage_store<'a>(
         &mut self,
-        db: &'a Db,
+        shared: &'a Shared,
         cfs: &mut HashMap<PartitionId, Arc<BoundColumnFamily<'a>>>,
         batch: &mut Batch,
         records: Vec<PreparedRecord>,
     ) -> Result<(), LogsDbError> {
         // All or nothing: a batch with one preempted record stores none. (The negative control
         // `ignore_seals` skips the check.)
-        let check_seals = !self.shared.config.unsafe_controls.ignore_seals;
+        let db = &shared.db;
+        let check_seals = !shared.config.unsafe_controls.ignore_seals;
         for r in records.iter().filter(|_| check_seals) {
             if let Some(meta) = self.logs.get(&r.header.log)
                 && let Some(seal) = preemption(meta, &r.header)
@@ -467,54 +703,25 @@ impl Writer {
                 }
             }
             batch.touched.dir.insert((log, pid));
-            batch.touched.partitions.insert(pid);
+            *batch.touched.partitions.entry(pid).or_default() += bytes as u64;
             batch.staged_bytes += bytes;
             batch
                 .staged
                 .insert((log, lsn), Staged::Put { pid, value, csi });
             written += 1;
         }
-        self.shared
-            .stats
-            .records
-            .fetch_add(written, Ordering::Relaxed);
+        shared.stats.records.fetch_add(written, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Writes the batch, publishes it to readers, and acknowledges (or hands to the syncer).
-    fn commit(&mut self, mut batch: Batch) {
-        let touched = &batch.touched;
-        if batch.fast.is_empty()
-            && batch.durable.is_empty()
-            && batch.staged.is_empty()
-            && touched.dir.is_empty()
-            && touched.meta.is_empty()
-            && touched.lng.is_empty()
-        {
-            return;
-        }
-        let shared = self.shared.clone();
-        if shared.failure.get().is_some() {
-            for (reply, _) in batch.fast.into_iter().chain(batch.durable) {
-                let _ = reply.send(Err(shared.failed().unwrap_or(LogsDbError::Closed)));
-            }
-            return;
-        }
-        // Record bytes plus about 64 bytes per metadata entry and per-entry framing.
-        let capacity = batch.staged_bytes
-            + 8 * batch.staged.len()
-            + 64 * (batch.touched.dir.len() + batch.touched.meta.len() + batch.touched.lng.len())
-            + 64;
-        let mut wb = WriteBatch::with_capacity_bytes(capacity);
-        if let Err(e) = batch.write_records(&shared.db, &mut wb) {
-            let msg = format!("writing staged records: {e}");
-            shared.fail(msg.clone());
-            for (reply, _) in batch.fast.into_iter().chain(batch.durable) {
-                let _ = reply.send(Err(LogsDbError::Failed(msg.clone())));
-            }
-            return;
-        }
-        let meta_cf = shared.meta_cf();
+    /// Adds the batch's directory entries, lag marks and metadata to `wb` (its records are
+    /// added by [`Batch::write_records`]).
+    fn write_meta(
+        &mut self,
+        meta_cf: &Arc<BoundColumnFamily<'_>>,
+        batch: &mut Batch,
+        wb: &mut WriteBatch,
+    ) {
         // Directory entries: those that must be persisted now, or every lagging one when a
         // periodic persist is due; and the lag marks of partitions that start lagging.
         self.groups_since_dir_persist += 1;
@@ -526,11 +733,11 @@ impl Writer {
         for &(log, pid) in &batch.touched.dir_now {
             self.dir_lagging.remove(&(log, pid));
             if let Some(e) = self.dir.entry(log, pid) {
-                wb.put_cf(&meta_cf, keys::directory_key(log, pid), e.encode());
+                wb.put_cf(meta_cf, keys::directory_key(log, pid), e.encode());
             }
         }
         for &pid in &batch.touched.lag_marks {
-            wb.put_cf(&meta_cf, keys::directory_lag_key(pid), []);
+            wb.put_cf(meta_cf, keys::directory_lag_key(pid), []);
         }
         for &(log, tag) in &batch.touched.meta {
             let m = self.logs.get(&log).cloned().unwrap_or_default();
@@ -542,7 +749,7 @@ impl Writer {
                 MetaTag::LastCleanEpoch => m.last_clean_epoch.0.to_be_bytes().to_vec(),
                 _ => continue,
             };
-            wb.put_cf(&meta_cf, keys::log_key(tag, log), v);
+            wb.put_cf(meta_cf, keys::log_key(tag, log), v);
         }
         for &(log, epoch) in &batch.touched.lng {
             let lng = self
@@ -551,46 +758,21 @@ impl Writer {
                 .and_then(|m| m.epoch_lng.get(&epoch).copied())
                 .unwrap_or_default();
             wb.put_cf(
-                &meta_cf,
+                meta_cf,
                 keys::epoch_lng_key(log, epoch),
                 lng.0.to_be_bytes(),
             );
         }
-        let mut durable = std::mem::take(&mut batch.durable);
-        if batch.has_fast_store && !self.fast_marked {
-            // An unclean shutdown may now lose acknowledged `fast` writes: say so durably
-            // before acknowledging the first one.
-            wb.put_cf(&meta_cf, keys::meta_key(MetaTag::RunState), [0u8, 1u8]);
-            durable.append(&mut batch.fast);
-            self.fast_marked = true;
-        }
-        drop(meta_cf);
-        if let Err(e) = shared.db.write_opt(wb, &WriteOptions::default()) {
-            shared.fail(format!("write: {e}"));
-            for (reply, _) in batch.fast.into_iter().chain(durable) {
-                let _ = reply.send(Err(LogsDbError::Failed(format!("write: {e}"))));
-            }
-            return;
-        }
-        self.dir_marked
-            .extend(batch.touched.lag_marks.iter().copied());
-        self.publish(&batch.touched);
-        for (reply, result) in batch.fast {
-            let _ = reply.send(Ok(result));
-        }
-        if !durable.is_empty() && self.sync_tx.send(durable).is_err() {
-            shared.fail("the WAL syncer thread is gone".into());
-        }
     }
 
-    fn publish(&self, touched: &Touched) {
-        let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+    fn publish(&self, shared: &Shared, touched: &Touched) {
+        let mut view = shared.view.write().unwrap_or_else(|p| p.into_inner());
         for &(log, pid) in &touched.dir {
             view.dir.sync_entry(&self.dir, log, pid);
         }
-        for pid in &touched.partitions {
-            if let Some(p) = self.dir.partitions.get(pid) {
-                view.dir.partitions.insert(*pid, *p);
+        for (pid, bytes) in &touched.partitions {
+            if let Some(p) = view.dir.partitions.get_mut(pid) {
+                p.bytes = p.bytes.saturating_add(*bytes);
             }
         }
         let logs: BTreeSet<LogId> = touched
@@ -606,7 +788,7 @@ impl Writer {
         }
         drop(view);
         // Tailing readers wait for these two (after the change is visible to them).
-        self.shared.watchers.notify(
+        shared.watchers.notify(
             touched
                 .meta
                 .iter()
@@ -614,127 +796,249 @@ impl Writer {
                 .map(|(log, _)| *log),
         );
     }
+}
 
-    fn barrier(&mut self, req: Request) {
-        let result = match req.op {
-            Op::Roll => self.roll().map(OpResult::Rolled),
-            Op::Retention { backlogs_ms } => self.retention(&backlogs_ms).map(OpResult::Retention),
-            _ => unreachable!("only barriers"),
-        };
-        if let Err(e) = &result {
-            self.shared.fail(format!("partition maintenance: {e}"));
-        }
-        let _ = req.reply.send(result);
+/// Writes the batches of one or more writers (several only for a store spanning writers) in
+/// one `WriteBatch`, publishes them to readers, and acknowledges (or hands to the syncer).
+fn commit(
+    shared: &Shared,
+    sync_tx: &SyncSender<Vec<Pending>>,
+    mut parts: Vec<(&mut ShardState, Batch)>,
+) {
+    parts.retain(|(_, b)| !b.is_empty());
+    if parts.is_empty() {
+        return;
     }
+    let fail_all = |parts: Vec<(&mut ShardState, Batch)>, more: Vec<Pending>, msg: String| {
+        let replies = parts
+            .into_iter()
+            .flat_map(|(_, b)| b.fast.into_iter().chain(b.durable))
+            .chain(more);
+        for (reply, _) in replies {
+            let _ = reply.send(Err(LogsDbError::Failed(msg.clone())));
+        }
+    };
+    if let Some(msg) = shared.failure.get() {
+        return fail_all(parts, Vec::new(), msg.clone());
+    }
+    let capacity = parts.iter().map(|(_, b)| b.capacity()).sum();
+    let mut wb = WriteBatch::with_capacity_bytes(capacity);
+    for (_, batch) in &parts {
+        if let Err(e) = batch.write_records(&shared.db, &mut wb) {
+            let msg = format!("writing staged records: {e}");
+            shared.fail(msg.clone());
+            return fail_all(parts, Vec::new(), msg);
+        }
+    }
+    let meta_cf = shared.meta_cf();
+    let mut fast = Vec::new();
+    let mut durable = Vec::new();
+    let mut mark_fast = false;
+    for (st, batch) in parts.iter_mut() {
+        st.write_meta(&meta_cf, batch, &mut wb);
+        if batch.has_fast_store && !st.fast_marked {
+            st.fast_marked = true;
+            mark_fast = true;
+        }
+        fast.append(&mut batch.fast);
+        durable.append(&mut batch.durable);
+    }
+    if mark_fast {
+        // An unclean shutdown may now lose acknowledged `fast` writes: say so durably
+        // before acknowledging the first one.
+        wb.put_cf(&meta_cf, keys::meta_key(MetaTag::RunState), [0u8, 1u8]);
+        durable.append(&mut fast);
+    }
+    drop(meta_cf);
+    if let Err(e) = shared.db.write_opt(wb, &WriteOptions::default()) {
+        let msg = format!("write: {e}");
+        shared.fail(msg.clone());
+        fast.append(&mut durable);
+        return fail_all(parts, fast, msg);
+    }
+    for (st, batch) in &mut parts {
+        st.dir_marked
+            .extend(batch.touched.lag_marks.iter().copied());
+        st.publish(shared, &batch.touched);
+    }
+    for (reply, result) in fast {
+        let _ = reply.send(Ok(result));
+    }
+    if !durable.is_empty() && sync_tx.send(durable).is_err() {
+        shared.fail("the WAL syncer thread is gone".into());
+    }
+}
 
-    fn maybe_roll(&mut self) -> Result<(), LogsDbError> {
-        let config = &self.shared.config;
-        let current = self.dir.current();
-        let Some(info) = self.dir.partitions.get(&current).copied() else {
-            self.roll()?;
-            return Ok(());
-        };
-        let now = self.shared.clock.now_ms();
-        let mut roll = now.saturating_sub(info.created_ms) >= config.partition_duration_ms
-            || info.bytes >= config.partition_size_bytes;
-        self.groups_since_file_check += 1;
-        if !roll && self.groups_since_file_check >= FILE_CHECK_EVERY_GROUPS {
-            self.groups_since_file_check = 0;
-            if let Some(cf) = self.shared.db.cf_handle(&current.cf_name()) {
-                let files = self
-                    .shared
-                    .db
-                    .property_int_value_cf(&cf, "rocksdb.num-files-at-level0")?;
-                roll = files.unwrap_or(0) >= u64::from(config.partition_file_limit);
+/// A store whose records belong to several writers, run with all of them paused: all or
+/// nothing (a preempted record refuses the whole store), one `WriteBatch`.
+fn store_across(
+    shared: &Shared,
+    sync_tx: &SyncSender<Vec<Pending>>,
+    all: &mut Guards<'_>,
+    records: Vec<PreparedRecord>,
+    durability: Durability,
+    reply: Reply,
+) {
+    let shards = all.len();
+    if !shared.config.unsafe_controls.ignore_seals {
+        for r in &records {
+            let log = r.header.log;
+            if let Some(meta) = all[shard_of(log, shards)].logs.get(&log)
+                && let Some(seal) = preemption(meta, &r.header)
+            {
+                let _ = reply.send(Err(LogsDbError::Preempted { log, seal }));
+                return;
             }
         }
-        if roll {
-            self.roll()?;
-        }
-        Ok(())
     }
+    let mut by_shard: BTreeMap<usize, Vec<PreparedRecord>> = BTreeMap::new();
+    for r in records {
+        by_shard
+            .entry(shard_of(r.header.log, shards))
+            .or_default()
+            .push(r);
+    }
+    let durable = durability == Durability::Durable;
+    let mut batches: BTreeMap<usize, Batch> = BTreeMap::new();
+    for (shard, records) in by_shard {
+        let mut cfs = HashMap::new();
+        let mut batch = Batch::default();
+        if let Err(e) = all[shard].stage_store(shared, &mut cfs, &mut batch, records) {
+            shared.fail(format!("staging a write: {e}"));
+            let _ = reply.send(Err(e));
+            return;
+        }
+        batch.has_fast_store = !durable;
+        batches.insert(shard, batch);
+    }
+    let mut reply = Some((reply, OpResult::Done));
+    let parts: Vec<(&mut ShardState, Batch)> = all
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, st)| {
+            let mut batch = batches.remove(&i)?;
+            if let Some(r) = reply.take() {
+                if durable {
+                    batch.durable.push(r);
+                } else {
+                    batch.fast.push(r);
+                }
+            }
+            Some((&mut **st, batch))
+        })
+        .collect();
+    commit(shared, sync_tx, parts);
+}
 
-    /// Creates the next partition and makes it the newest.
-    fn roll(&mut self) -> Result<PartitionId, LogsDbError> {
-        let pid = PartitionId(self.dir.current().0 + 1);
-        let shared = self.shared.clone();
-        shared.db.create_cf(pid.cf_name(), &shared.partition_opts)?;
-        let created_ms = shared.clock.now_ms();
-        shared.db.put_cf_opt(
-            &shared.meta_cf(),
-            keys::partition_key(pid),
-            created_ms.to_be_bytes(),
-            &sync_write_opts(),
-        )?;
-        let info = PartitionInfo {
-            id: pid,
-            created_ms,
-            bytes: 0,
-        };
-        self.dir.partitions.insert(pid, info);
-        shared
+/// Creates the next partition and makes it the newest (every writer's state locked).
+fn roll(shared: &Shared, all: &mut Guards<'_>) -> Result<PartitionId, LogsDbError> {
+    let pid = PartitionId(all[0].dir.current().0 + 1);
+    shared.db.create_cf(pid.cf_name(), &shared.partition_opts)?;
+    let created_ms = shared.clock.now_ms();
+    shared.db.put_cf_opt(
+        &shared.meta_cf(),
+        keys::partition_key(pid),
+        created_ms.to_be_bytes(),
+        &sync_write_opts(),
+    )?;
+    let info = PartitionInfo {
+        id: pid,
+        created_ms,
+        bytes: 0,
+    };
+    for st in all.iter_mut() {
+        st.dir.partitions.insert(pid, info);
+    }
+    shared
+        .view
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .dir
+        .partitions
+        .insert(pid, info);
+    tracing::debug!(partition = %pid, "new partition");
+    Ok(pid)
+}
+
+/// Applies time-based retention and drops dead partitions (every writer's state locked).
+fn retention(
+    shared: &Shared,
+    all: &mut Guards<'_>,
+    backlogs_ms: &BTreeMap<LogId, u64>,
+) -> Result<RetentionReport, LogsDbError> {
+    let shards = all.len();
+    // The whole directory: the partition list with every writer's bytes (the view's) and
+    // every writer's entries (each log's are in its writer's state only).
+    let merged = Directory {
+        partitions: shared
             .view
-            .write()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .dir
             .partitions
-            .insert(pid, info);
-        tracing::debug!(partition = %pid, "new partition");
-        Ok(pid)
+            .clone(),
+        entries: all
+            .iter()
+            .flat_map(|st| st.dir.entries.iter().map(|(l, m)| (*l, m.clone())))
+            .collect(),
+    };
+    let logs: HashMap<LogId, LogMeta> = all
+        .iter()
+        .flat_map(|st| st.logs.iter().map(|(l, m)| (*l, m.clone())))
+        .collect();
+    let report = retention::plan(&merged, &logs, backlogs_ms, shared.clock.now_ms());
+    if report.trimmed.is_empty() && report.dropped.is_empty() {
+        return Ok(report);
     }
-
-    fn retention(
-        &mut self,
-        backlogs_ms: &std::collections::BTreeMap<LogId, u64>,
-    ) -> Result<RetentionReport, LogsDbError> {
-        let shared = self.shared.clone();
-        let report = retention::plan(&self.dir, &self.logs, backlogs_ms, shared.clock.now_ms());
-        if report.trimmed.is_empty() && report.dropped.is_empty() {
-            return Ok(report);
+    let meta_cf = shared.meta_cf();
+    let mut wb = WriteBatch::default();
+    for &(log, trim) in &report.trimmed {
+        wb.put_cf(
+            &meta_cf,
+            keys::log_key(MetaTag::TrimPoint, log),
+            trim.0.to_be_bytes(),
+        );
+    }
+    for &pid in &report.dropped {
+        wb.delete_cf(&meta_cf, keys::partition_key(pid));
+        wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
+        for (log, m) in &merged.entries {
+            if m.contains_key(&pid) {
+                wb.delete_cf(&meta_cf, keys::directory_key(*log, pid));
+            }
         }
-        let meta_cf = shared.meta_cf();
-        let mut wb = WriteBatch::default();
-        for &(log, trim) in &report.trimmed {
-            wb.put_cf(
-                &meta_cf,
-                keys::log_key(MetaTag::TrimPoint, log),
-                trim.0.to_be_bytes(),
-            );
+    }
+    // Trim points must be durable before the records below them disappear.
+    shared.db.write_opt(wb, &sync_write_opts())?;
+    drop(meta_cf);
+    for &(log, trim) in &report.trimmed {
+        all[shard_of(log, shards)]
+            .logs
+            .entry(log)
+            .or_default()
+            .trim_point = trim;
+    }
+    {
+        let mut view = shared.view.write().unwrap_or_else(|p| p.into_inner());
+        for &(log, _) in &report.trimmed {
+            view.logs
+                .insert(log, all[shard_of(log, shards)].logs[&log].clone());
         }
         for &pid in &report.dropped {
-            wb.delete_cf(&meta_cf, keys::partition_key(pid));
-            wb.delete_cf(&meta_cf, keys::directory_lag_key(pid));
-            for (log, m) in &self.dir.entries {
-                if m.contains_key(&pid) {
-                    wb.delete_cf(&meta_cf, keys::directory_key(*log, pid));
-                }
-            }
+            view.dir.remove_partition(pid);
         }
-        // Trim points must be durable before the records below them disappear.
-        shared.db.write_opt(wb, &sync_write_opts())?;
-        drop(meta_cf);
-        for &(log, trim) in &report.trimmed {
-            self.logs.entry(log).or_default().trim_point = trim;
-        }
-        {
-            let mut view = shared.view.write().unwrap_or_else(|p| p.into_inner());
-            for &(log, _) in &report.trimmed {
-                view.logs.insert(log, self.logs[&log].clone());
-            }
-            for &pid in &report.dropped {
-                view.dir.remove_partition(pid);
-            }
-        }
-        shared
-            .watchers
-            .notify(report.trimmed.iter().map(|(log, _)| *log));
-        for &pid in &report.dropped {
-            self.dir.remove_partition(pid);
-            self.dir_lagging.retain(|&(_, p)| p != pid);
-            self.dir_marked.remove(&pid);
-            shared.db.drop_cf(&pid.cf_name())?;
-            tracing::info!(partition = %pid, "dropped partition");
-        }
-        Ok(report)
     }
+    shared
+        .watchers
+        .notify(report.trimmed.iter().map(|(log, _)| *log));
+    for &pid in &report.dropped {
+        for st in all.iter_mut() {
+            st.dir.remove_partition(pid);
+            st.dir_lagging.retain(|&(_, p)| p != pid);
+            st.dir_marked.remove(&pid);
+        }
+        shared.db.drop_cf(&pid.cf_name())?;
+        tracing::info!(partition = %pid, "dropped partition");
+    }
+    Ok(report)
 }

@@ -41,6 +41,7 @@ pub(crate) fn read_log(w: &mut World, spec: &ReaderSpec, until: Lsn) -> ReadOutc
     let meta = w.es.meta.clone();
     let mut config = ReadStreamConfig::new(LOG, Lsn::OLDEST, until);
     config.window = 64;
+    config.window_bytes = u64::MAX;
     config.grace = Duration::from_millis(100);
     config.single_copy = spec.single_copy;
     config.shuffle_seed = w.rng.random();
