@@ -434,6 +434,8 @@ async fn write_grant(
         .map_err(|e| (e, None))?
     };
     let mut stores = JoinSet::new();
+    // Store timeouts reported while the STORE is still awaited (see `store`).
+    let (late_tx, mut late_rx) = tokio::sync::mpsc::unbounded_channel();
     loop {
         for action in actions.drain(..) {
             match action {
@@ -442,7 +444,14 @@ async fn write_grant(
                     batch,
                     timeout,
                 } => {
-                    stores.spawn(store(shared.clone(), node, batch, timeout));
+                    stores.spawn(store(
+                        shared.clone(),
+                        node,
+                        batch,
+                        timeout,
+                        deadline,
+                        late_tx.clone(),
+                    ));
                 }
                 Action::Completed {
                     lsns,
@@ -472,6 +481,7 @@ async fn write_grant(
                     continue;
                 }
             },
+            Some(timed_out) = late_rx.recv() => timed_out,
             () = tokio::time::sleep_until(tick_at) => Event::Tick,
         };
         actions = {
@@ -487,7 +497,23 @@ async fn write_grant(
 }
 
 /// Sends one STORE and turns its outcome into the appender's event.
-async fn store(shared: Arc<Shared>, node: NodeId, batch: StoreBatch, timeout: Duration) -> Event {
+///
+/// `timeout` is the wave's store timeout, a *soft* one: when it passes, `StoreTimedOut` goes
+/// to the appender through `timed_out` (it may start another wave) while the STORE is still
+/// awaited, up to the append's `deadline`. A node that is only slow then still completes its
+/// wave: when no other copyset can avoid it (a node set of R nodes, or every other node
+/// avoided), the appender keeps the wave and its late `Stored` counts, instead of every wave
+/// resending the batch to the same busy nodes and waiting out doubling timeouts — which under
+/// load turned a few ms of delay into hundreds. Late answers also feed the store-latency
+/// average that sets the first wave's timeout, which otherwise saw only the fast ones.
+async fn store(
+    shared: Arc<Shared>,
+    node: NodeId,
+    batch: StoreBatch,
+    timeout: Duration,
+    deadline: Instant,
+    timed_out: tokio::sync::mpsc::UnboundedSender<Event>,
+) -> Event {
     let wave = batch.wave_or_seal;
     let Some(addr) = shared.cluster.address(node).await else {
         tracing::debug!(%node, "storage node not in the cluster view");
@@ -499,11 +525,20 @@ async fn store(shared: Arc<Shared>, node: NodeId, batch: StoreBatch, timeout: Du
         };
     };
     let started = Instant::now();
-    match shared
-        .connector
-        .call(addr, &ClientRequest::Store(batch), timeout)
-        .await
-    {
+    let hard = deadline.saturating_duration_since(started).max(timeout);
+    let request = ClientRequest::Store(batch);
+    let call = shared.connector.call(addr, &request, hard);
+    tokio::pin!(call);
+    let mut reported = false;
+    let answer = tokio::select! {
+        answer = &mut call => answer,
+        () = tokio::time::sleep(timeout) => {
+            reported = true;
+            let _ = timed_out.send(Event::StoreTimedOut { node, wave });
+            call.await
+        }
+    };
+    match answer {
         Ok(ClientResponse::StoreResult(status)) => {
             if status == StoreStatus::Stored {
                 shared.store_latency.record(started.elapsed());
@@ -519,6 +554,8 @@ async fn store(shared: Arc<Shared>, node: NodeId, batch: StoreBatch, timeout: Du
                 may_have_been_applied: true,
             }
         }
+        // The append's deadline passed too: the appender ends the append on its own.
+        Err(TransportError::Timeout(_)) if reported => Event::Tick,
         Err(TransportError::Timeout(_)) => Event::StoreTimedOut { node, wave },
         Err(e) => {
             if matches!(e, TransportError::Connect { .. }) {

@@ -789,3 +789,37 @@ fn refusals_everywhere_end_certain_when_no_store_is_in_flight() {
     let out = a.handle(ms(250), Event::Tick, &mut g, &mut rng);
     assert_eq!(out, vec![Action::Failed(AppendError::TimedOut)]);
 }
+
+/// A node set of R nodes: a timed-out member cannot be avoided, so the next wave waits a store
+/// timeout, and the timed-out STORE's late `Stored` (the driver keeps awaiting it past the
+/// store timeout) completes the wave it belongs to — no second wave resends the batch to the
+/// same busy nodes.
+#[test]
+fn a_late_store_completes_its_wave_when_no_other_copyset_exists() {
+    let (mut f, actions) = start(3, 3);
+    assert_eq!(sends(&actions).len(), 3);
+    let m = f.members();
+    assert!(f.reply(m[0], StoreStatus::Stored).is_empty());
+    assert!(f.reply(m[1], StoreStatus::Stored).is_empty());
+    // The third is slow: its store timeout (10 ms) passes.
+    let wave = f.appender.wave();
+    let next = f.at(10, Event::StoreTimedOut { node: m[2], wave });
+    assert!(
+        sends(&next).is_empty(),
+        "no copyset avoids it: the wave waits"
+    );
+    assert_eq!(f.appender.wave(), 1);
+    // Its answer comes late, before the next wave is due: the wave completes with it.
+    let done = f.at(
+        15,
+        Event::StoreReply {
+            node: m[2],
+            wave,
+            status: StoreStatus::Stored,
+        },
+    );
+    assert!(
+        matches!(done.as_slice(), [Action::Completed { wave: 1, .. }]),
+        "{done:?}"
+    );
+}
