@@ -69,20 +69,14 @@ impl Op {
 
     /// Which writer threads this operation needs: the one owning its log, every one owning a
     /// log of a store (usually one), or all of them (operations on the partition list).
-    pub(crate) fn shards(&self, shards: usize) -> Vec<usize> {
-        let one = |log: &LogId| vec![shard_of(*log, shards)];
+    pub(crate) fn shards(&self, shards: usize) -> Shards {
+        let one = |log: &LogId| Shards(1 << shard_of(*log, shards));
         match self {
             Op::Store(records) => {
-                let mut s: Vec<usize> = records
+                let mask = records
                     .iter()
-                    .map(|r| shard_of(r.header.log, shards))
-                    .collect();
-                s.sort_unstable();
-                s.dedup();
-                if s.is_empty() {
-                    s.push(0);
-                }
-                s
+                    .fold(0, |m, r| m | 1 << shard_of(r.header.log, shards));
+                Shards(mask.max(1))
             }
             Op::Seal { log, .. }
             | Op::Trim { log, .. }
@@ -90,7 +84,7 @@ impl Op {
             | Op::SetLastCleanEpoch { log, .. }
             | Op::SetEpochLng { log, .. }
             | Op::RemoveCopy { log, .. } => one(log),
-            Op::Retention { .. } | Op::Roll => (0..shards).collect(),
+            Op::Retention { .. } | Op::Roll => Shards(u64::MAX >> (64 - shards)),
         }
     }
 
@@ -103,6 +97,28 @@ impl Op {
 /// The writer thread that owns `log` (its metadata, its directory entries, its writes).
 pub(crate) fn shard_of(log: LogId, shards: usize) -> usize {
     (log.0 % shards as u64) as usize
+}
+
+/// A set of writer threads, as a bit mask (`LogsDbConfig::writer_threads` is at most 64): no
+/// allocation on the write path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shards(u64);
+
+impl Shards {
+    /// How many writer threads are in the set.
+    pub(crate) fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The one writer thread of a set of one.
+    pub(crate) fn only(self) -> Option<usize> {
+        (self.len() == 1).then(|| self.0.trailing_zeros() as usize)
+    }
+
+    /// The writer threads of the set, in increasing order.
+    pub(crate) fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |i| self.0 & (1 << i) != 0)
+    }
 }
 
 /// What the writer threads' queues carry.

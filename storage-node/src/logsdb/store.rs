@@ -28,8 +28,8 @@ use super::open::{load_meta, reconcile_partitions, repair_lagging_directory};
 use super::query::{self, FindTimeAccuracy};
 use super::reader::{self, CopysetIterator, LogIterator, ReadItem};
 use super::request::{
-    Exclusive, Msg, Op, OpResult, PreparedRecord, Request, Ticket, TrimOutcome, done, retention,
-    rolled, sealed, trimmed,
+    Exclusive, Msg, Op, OpResult, PreparedRecord, Request, Shards, Ticket, TrimOutcome, done,
+    retention, rolled, sealed, trimmed,
 };
 use super::retention::RetentionReport;
 use super::shared::{META_CF, Shared, View, WriteStats, run_syncer, sync_write_opts};
@@ -330,7 +330,7 @@ impl LogsDb {
     }
 
     /// The writers `op` goes to: one (queued as a plain request) or several (exclusive).
-    fn route(&self, op: &Op) -> Result<Vec<usize>, LogsDbError> {
+    fn route(&self, op: &Op) -> Result<Shards, LogsDbError> {
         Ok(op.shards(self.senders()?.len()))
     }
 
@@ -344,8 +344,8 @@ impl LogsDb {
         let global = op.is_global();
         let (req, rx) = self.request(op, durability)?;
         let txs = self.senders()?;
-        if shards.len() == 1 && !global {
-            txs[shards[0]]
+        if let Some(shard) = shards.only().filter(|_| !global) {
+            txs[shard]
                 .send(Msg::Request(req))
                 .await
                 .map_err(|_| LogsDbError::Closed)?;
@@ -355,7 +355,7 @@ impl LogsDb {
         // cancelled while waiting leaves no writer waiting for the others.
         let _order = self.exclusive.lock().await;
         let mut permits = Vec::with_capacity(shards.len());
-        for &shard in &shards {
+        for shard in shards.iter() {
             permits.push(
                 txs[shard]
                     .reserve()
@@ -386,8 +386,8 @@ impl LogsDb {
             Err(TrySendError::Full(msg)) => tx.blocking_send(msg).map_err(|_| LogsDbError::Closed),
             Err(TrySendError::Closed(_)) => Err(LogsDbError::Closed),
         };
-        if shards.len() == 1 && !global {
-            send(&txs[shards[0]], Msg::Request(req))?;
+        if let Some(shard) = shards.only().filter(|_| !global) {
+            send(&txs[shard], Msg::Request(req))?;
             return Ok(Ticket::new(rx, map));
         }
         let _order = match self.exclusive.try_lock() {
@@ -395,7 +395,7 @@ impl LogsDb {
             Err(_) => self.exclusive.blocking_lock(),
         };
         let call = Arc::new(Exclusive::new(shards.len(), req));
-        for &shard in &shards {
+        for shard in shards.iter() {
             send(&txs[shard], Msg::Exclusive(call.clone()))?;
         }
         Ok(Ticket::new(rx, map))

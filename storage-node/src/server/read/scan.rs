@@ -123,16 +123,15 @@ pub(crate) fn scan(
     let mut by_index_from = None;
     for item in db.read(log, from, to) {
         let item = item?;
-        let large_skipped = match &item {
-            ReadItem::Record(r) => {
-                filter.single_copy()
+        // A large record this node does not ship: the rest of the chunk goes by the index.
+        let switch_after = match &item {
+            ReadItem::Record(r)
+                if filter.single_copy()
                     && r.payload.len() >= INDEX_SCAN_MIN_SKIPPED_BYTES
-                    && !filter.ships(&r.header, &r.payload)
+                    && !filter.ships(&r.header, &r.payload) =>
+            {
+                Some(r.header.lsn)
             }
-            _ => false,
-        };
-        let lsn = match &item {
-            ReadItem::Record(r) => Some(r.header.lsn),
             _ => None,
         };
         match keep(&mut b, item) {
@@ -143,7 +142,7 @@ pub(crate) fn scan(
             }
             None => return Ok(Scanned::Replan),
         }
-        if large_skipped && let Some(lsn) = lsn {
+        if let Some(lsn) = switch_after {
             by_index_from = Some(lsn.next());
             break;
         }
