@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tally_common::transport::TransportError;
-use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
+use tally_common::wire::client::{ClientRequest, ClientResponse, Grant, StoredReport};
 use tally_common::wire::{StoreBatch, StoreStatus};
 use tally_common::{Copyset, Epoch, LogId, Lsn, NodeId};
 use tokio::sync::oneshot;
@@ -526,8 +526,7 @@ async fn store(
     };
     let started = Instant::now();
     let hard = deadline.saturating_duration_since(started).max(timeout);
-    let request = ClientRequest::Store(batch);
-    let call = shared.connector.call(addr, &request, hard);
+    let call = shared.stores.store(addr, batch, hard);
     tokio::pin!(call);
     let mut reported = false;
     let answer = tokio::select! {
@@ -608,19 +607,24 @@ fn report_stored(
     copyset: Copyset,
     wave: u32,
 ) {
-    let req = ClientRequest::ReportStored {
+    let report = StoredReport {
         log: grant.log,
         first: *lsns.start(),
         count: grant.count,
         copyset,
         wave,
     };
-    send_report(shared, grant.sequencer, req);
-}
-
-/// Sends a report to `sequencer` in the background; a lost report is settled by the
-/// sequencer's own paths (abandoned LSNs, recovery), so failures are only logged.
-fn send_report(shared: &Arc<Shared>, sequencer: NodeId, req: ClientRequest) {
+    let sequencer = grant.sequencer;
+    // An address that is an IP address needs no lookup, so no task.
+    let known = shared
+        .cluster
+        .current()
+        .node(sequencer)
+        .map(|n| n.address.parse());
+    if let Some(Ok(addr)) = known {
+        shared.reports.send(addr, report);
+        return;
+    }
     let shared = shared.clone();
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -628,13 +632,6 @@ fn send_report(shared: &Arc<Shared>, sequencer: NodeId, req: ClientRequest) {
             tracing::debug!(%sequencer, "sequencer not in the cluster view; report dropped");
             return;
         };
-        match shared
-            .connector
-            .call(addr, &req, shared.config.report_timeout)
-            .await
-        {
-            Ok(ClientResponse::Ack) => {}
-            other => tracing::debug!(%sequencer, answer = ?other, "report not applied"),
-        }
+        shared.reports.send(addr, report);
     });
 }

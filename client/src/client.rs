@@ -12,6 +12,7 @@
 //! ([`AppendError::certainly_not_appended`]).
 
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use std::collections::HashMap;
@@ -28,10 +29,6 @@ use crate::config::{ClientConfig, ConfigError};
 use crate::error::AppendError;
 use crate::graylist::Graylist;
 use crate::suspects::{Suspects, Takeovers, Verdict};
-
-/// How long a suspect sequencer that failed a liveness check is taken for dead before it is
-/// checked again (`Shared::owner_alive`).
-const SUSPECT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why [`Client::connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +52,10 @@ pub enum ConnectError {
 pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     pub(crate) connector: Arc<Connector<ClientProtocol>>,
+    /// STOREs per storage node, batched across logs while a node is busy.
+    pub(crate) stores: Arc<crate::store_mux::StoreMux>,
+    /// Completion reports per sequencer, batched while one is on its way.
+    pub(crate) reports: Arc<crate::reports::Reports>,
     pub(crate) cluster: ClusterView,
     graylist: Mutex<Graylist>,
     /// Running average of STORE round trips: the first wave's timeout follows it.
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     suspects: Mutex<Suspects>,
     /// One liveness check at a time per suspect node (`owner_alive`).
     checks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Liveness checks sent so far (tests tell a takeover decided without one).
+    checks_sent: AtomicU64,
     /// Logs this client made another node take over, asked there first for a while.
     takeovers: Mutex<Takeovers>,
 }
@@ -76,11 +79,30 @@ impl Shared {
         self.suspects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks `node` as a sequencer to ask last for `sequencer_suspect_for`.
+    /// `node` acknowledged a request but answered late: ask it last for
+    /// `sequencer_suspect_for` (a redirect to it is checked first).
     pub(crate) fn suspect(&self, node: NodeId) {
         let now = std::time::Instant::now();
         self.suspects()
             .suspect(node, now, self.config.sequencer_suspect_for);
+    }
+
+    /// `node` did not acknowledge a request within the silence timeout, or could not be
+    /// reached: the incarnation the cluster state names is taken for dead for
+    /// `sequencer_dead_for`, then a suspect.
+    pub(crate) fn silent(&self, node: NodeId) {
+        let now = std::time::Instant::now();
+        let incarnation = self.incarnation(node);
+        self.suspects()
+            .silent(node, incarnation, now, self.config.sequencer_suspect_for);
+    }
+
+    /// The incarnation of `node` in the current cluster state (0 when it is not there).
+    fn incarnation(&self, node: NodeId) -> u64 {
+        self.cluster
+            .current()
+            .node(node)
+            .map_or(0, |n| n.incarnation)
     }
 
     fn takeovers(&self) -> MutexGuard<'_, Takeovers> {
@@ -115,16 +137,23 @@ impl Shared {
     }
 
     /// Whether the sequencer `node`, named as a log's owner by another node, should be
-    /// believed alive (see `suspects`): true unless it is a suspect and a liveness check —
-    /// one cheap `GetClusterState` bounded by `sequencer_silence_timeout`, one at a time per
-    /// node, its answer shared by every waiter and a failure believed for
-    /// [`SUSPECT_RECHECK`] — finds it silent or unreachable.
+    /// believed alive (see `suspects`): false while the incarnation the cluster state names
+    /// was found silent within `sequencer_dead_for`; true unless it is a suspect and a
+    /// liveness check — one cheap `GetClusterState` bounded by `sequencer_silence_timeout`,
+    /// one at a time per node, its answer shared by every waiter — finds it silent or
+    /// unreachable.
     pub(crate) async fn owner_alive(&self, node: NodeId) -> bool {
         let asked_at = std::time::Instant::now();
+        let dead_for = self.config.sequencer_dead_for;
         let verdict = |shared: &Self| {
-            shared
-                .suspects()
-                .verdict(node, std::time::Instant::now(), asked_at, SUSPECT_RECHECK)
+            let incarnation = shared.incarnation(node);
+            shared.suspects().verdict(
+                node,
+                incarnation,
+                std::time::Instant::now(),
+                asked_at,
+                dead_for,
+            )
         };
         match verdict(self) {
             Verdict::Alive => return true,
@@ -142,6 +171,7 @@ impl Shared {
             Verdict::Check => {}
         }
         let silence = self.config.sequencer_silence_timeout;
+        self.checks_sent.fetch_add(1, Ordering::Relaxed);
         let answer = match self.cluster.address(node).await {
             Some(addr) => {
                 self.connector
@@ -160,11 +190,7 @@ impl Shared {
             self.clear_suspect(node);
         } else {
             tracing::debug!(%node, "suspect sequencer failed a liveness check");
-            self.suspects().check_failed(
-                node,
-                std::time::Instant::now(),
-                self.config.sequencer_suspect_for,
-            );
+            self.silent(node);
         }
         alive
     }
@@ -208,17 +234,30 @@ impl Client {
             config.request_timeout,
         )
         .await?;
+        let tracker = TaskTracker::new();
+        let stores = Arc::new(crate::store_mux::StoreMux::new(
+            connector.clone(),
+            tracker.clone(),
+        ));
+        let reports = Arc::new(crate::reports::Reports::new(
+            connector.clone(),
+            tracker.clone(),
+            config.report_timeout,
+        ));
         let shared = Arc::new(Shared {
+            stores,
+            reports,
             graylist: Mutex::new(Graylist::new(config.graylist)),
             suspects: Mutex::new(Suspects::default()),
             checks: Mutex::new(HashMap::new()),
+            checks_sent: AtomicU64::new(0),
             takeovers: Mutex::new(Takeovers::default()),
             store_latency: crate::latency::StoreLatency::default(),
             queues: crate::append::Queues::default(),
             config,
             connector,
             cluster,
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown: CancellationToken::new(),
         });
         shared.tracker.spawn(refresh_loop(
@@ -278,6 +317,18 @@ impl Client {
     /// The configuration the client was connected with.
     pub fn config(&self) -> &ClientConfig {
         &self.shared.config
+    }
+
+    /// How many liveness checks of suspect sequencers this client has sent (diagnostics:
+    /// a takeover from a node found silent needs none).
+    pub fn liveness_checks_sent(&self) -> u64 {
+        self.shared.checks_sent.load(Ordering::Relaxed)
+    }
+
+    /// STORE batches waiting for one of the store requests in flight to their storage node
+    /// to end, to go out together (diagnostics: a client whose nodes keep up has none).
+    pub fn store_batches_waiting(&self) -> usize {
+        self.shared.stores.waiting()
     }
 
     /// What the client's tasks share (for the reader and admin calls, `read`, `admin`).

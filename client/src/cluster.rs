@@ -228,6 +228,7 @@ mod tests {
             location: String::new(),
             weight,
             state: StorageState::ReadWrite,
+            incarnation: 0,
         }
     }
 

@@ -53,13 +53,18 @@ pub struct ClientConfig {
     /// rank order is asked to take the log over (sequencer failover). A live but busy
     /// sequencer acknowledges within milliseconds and gets the whole `request_timeout`.
     pub sequencer_silence_timeout: Duration,
-    /// How long a sequencer found silent or unreachable is asked last (after the others in
-    /// rank order), so every append does not pay for it again; about a membership lease, after
-    /// which a dead node has left the cluster state. Suspicion alone moves no log: when another
-    /// node redirects to a suspect owner, the client first checks the owner (one
-    /// `GetClusterState` within `sequencer_silence_timeout`, shared by concurrent appends; a
-    /// failed check is believed for 2 s) and asks it if it answers.
+    /// How long a sequencer found silent, unreachable or slow is asked last (after the others
+    /// in rank order), so every append does not pay for it again; about a membership lease,
+    /// after which a dead node has left the cluster state.
     pub sequencer_suspect_for: Duration,
+    /// How long a sequencer found silent or unreachable — a `Sequence` or liveness check it did
+    /// not acknowledge within `sequencer_silence_timeout`, or no connection — is taken for
+    /// dead: while another node redirects a log to it, that node is asked to take the log over
+    /// at once. Only the process found silent is: a restart (a new incarnation in the cluster
+    /// state) is checked first. After this, a redirect to a suspect first costs one liveness
+    /// check (`GetClusterState` within `sequencer_silence_timeout`, shared by concurrent
+    /// appends), so one stall does not move a live node's logs for long.
+    pub sequencer_dead_for: Duration,
     /// How concurrent appends to one log share a grant, its STOREs and its report.
     pub coalesce: CoalesceConfig,
 }
@@ -150,6 +155,7 @@ impl ClientConfig {
             report_timeout: Duration::from_secs(5),
             sequencer_silence_timeout: Duration::from_millis(750),
             sequencer_suspect_for: Duration::from_secs(10),
+            sequencer_dead_for: Duration::from_secs(2),
             coalesce: CoalesceConfig::default(),
         }
     }
@@ -189,6 +195,7 @@ impl ClientConfig {
             ("report_timeout", self.report_timeout),
             ("sequencer_silence_timeout", self.sequencer_silence_timeout),
             ("sequencer_suspect_for", self.sequencer_suspect_for),
+            ("sequencer_dead_for", self.sequencer_dead_for),
         ];
         for (field, d) in positive {
             if d.is_zero() {
@@ -267,6 +274,7 @@ mod tests {
             location: location.into(),
             weight: 1,
             state: StorageState::ReadWrite,
+            incarnation: 0,
         };
         let set = NodeSet::new(vec![NodeId(1), NodeId(2)]);
         let c = config();

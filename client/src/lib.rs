@@ -44,7 +44,9 @@ mod latency;
 pub mod placement;
 pub mod read;
 pub mod reader;
+mod reports;
 mod sequence;
+mod store_mux;
 mod suspects;
 
 pub use admin::{AdminError, ScanEstimate};

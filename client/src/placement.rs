@@ -613,6 +613,7 @@ mod tests {
             location: "r.d.k".into(),
             weight: 0,
             state: Default::default(),
+            incarnation: 0,
         };
         let sel = CopysetSelector::new(&set, &[info], Some(DomainScope::RACK));
         assert_eq!(sel.len(), 2);

@@ -6,9 +6,10 @@
 //! acknowledged but did not answer within `request_timeout` is alive and busy (an activation
 //! through a slow epoch store): it is asked again rather than taken over (once: one that
 //! stays mute through a second request timeout is taken for wedged). A redirect to an owner
-//! found silent earlier (a suspect, asked last) is followed once a liveness check finds it
-//! answering (`Shared::owner_alive`), so one missed silence check does not move every log
-//! of a live node. A node this client made take a log over is asked first for that log until
+//! found silent (a suspect, asked last) is answered with a takeover while that silence is
+//! recent (`sequencer_dead_for`, same incarnation); later it is followed once a liveness
+//! check finds the owner answering (`Shared::owner_alive`), so one stall does not move
+//! every log of a live node for long. A node this client made take a log over is asked first for that log until
 //! it redirects (it hands the log back once the appends it granted are written), so the
 //! owner's return does not seal this client's own appends in flight there;
 //! `SeqNoBufs` and retryable errors back off exponentially — unless the caller asked to hear
@@ -223,7 +224,16 @@ pub(crate) async fn request_grant(
                     last = format!("{target} is unreachable: {e}");
                     tracing::debug!(%log, node = %target, error = %e, "sequencer unreachable");
                     unreachable.insert(target);
-                    shared.suspect(target);
+                    if matches!(e, TransportError::Timeout(_)) {
+                        // Acknowledged yet mute twice: wedged, or only very busy — a
+                        // redirect to it is checked.
+                        shared.suspect(target);
+                    } else {
+                        // Not even acknowledged, or no connection: as good as a failed
+                        // liveness check, so the redirects other nodes send to it while
+                        // their views still name it are taken over without another one.
+                        shared.silent(target);
+                    }
                     shared.let_go(log, target);
                     shared.refresh_soon();
                     match next_in_rank(&rank, &unreachable, target) {

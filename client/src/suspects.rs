@@ -1,16 +1,22 @@
 //! Sequencers the client found silent or unreachable ("suspects"), and when to believe it.
 //!
 //! A suspect is asked last, after the other sequencers in rank order, for
-//! `sequencer_suspect_for`, so appends do not each pay for a dead node. But suspicion alone
-//! must not move logs: a node that missed the silence check once — a loaded machine, a
-//! starved process — is usually alive, and taking each of its logs over as it is appended
-//! (another node redirects to the suspect owner, the client then asks that node with
-//! `no_redirect`) seals epochs the owner is running, fails their appends in flight, and
+//! `sequencer_suspect_for`, so appends do not each pay for a dead node. A node that did not
+//! even acknowledge a request within the silence timeout (or could not be connected to) is
+//! taken for dead for `sequencer_dead_for` ([`Verdict::Dead`]): another node that redirects a
+//! log to it is asked at once to take the log over. That belief is tied to the node's
+//! *incarnation* (`NodeInfo::incarnation`, new at every process start): a restarted node in
+//! the cluster state is not the process that went silent, and is checked first.
+//!
+//! Past `sequencer_dead_for`, suspicion alone must not move logs: a node that stalled once —
+//! a loaded machine, a starved process — is usually alive, and taking each of its logs over
+//! as it is appended seals epochs the owner is running, fails their appends in flight, and
 //! starts an ownership fight when the owner hears from other clients again. So before the
 //! client makes a node take a log over because its owner is a suspect, it checks the owner
 //! with one cheap request ([`Verdict::Check`]); one check runs at a time per node and every
-//! waiter takes its answer. An owner that failed a check is taken for dead for
-//! `recheck` ([`Verdict::Dead`]); one that answered is no longer a suspect.
+//! waiter takes its answer. A failed check counts as a new silence; a node that answered is
+//! no longer a suspect. A node that acknowledged but answered late (busy activating) is only
+//! a suspect: a redirect to it is checked.
 //!
 //! Pure bookkeeping; `Shared::owner_alive` (client.rs) runs the checks.
 
@@ -23,8 +29,9 @@ use tally_common::{LogId, NodeId};
 struct Suspicion {
     /// Asked last until then.
     until: Instant,
-    /// When a liveness check of the node last failed.
-    check_failed_at: Option<Instant>,
+    /// When the node was last found silent or unreachable (a request not acknowledged, a
+    /// failed liveness check), and which incarnation of it that was.
+    silent: Option<(Instant, u64)>,
 }
 
 /// What to make of a redirect to a suspect owner.
@@ -32,7 +39,8 @@ struct Suspicion {
 pub(crate) enum Verdict {
     /// Not (or no longer) a suspect: follow the redirect.
     Alive,
-    /// A check failed recently (or since the caller started to wait for one): take over.
+    /// This incarnation was found silent recently (or since the caller started to wait for a
+    /// check): take over.
     Dead,
     /// Check it now.
     Check,
@@ -45,7 +53,7 @@ pub(crate) struct Suspects {
 }
 
 impl Suspects {
-    /// `node` was silent or unreachable at `now`: ask it last for `suspect_for`.
+    /// `node` answered late at `now`: ask it last for `suspect_for`.
     pub(crate) fn suspect(&mut self, node: NodeId, now: Instant, suspect_for: Duration) {
         let until = now + suspect_for;
         self.nodes
@@ -53,15 +61,22 @@ impl Suspects {
             .and_modify(|s| s.until = s.until.max(until))
             .or_insert(Suspicion {
                 until,
-                check_failed_at: None,
+                silent: None,
             });
     }
 
-    /// A liveness check of `node` failed at `now`.
-    pub(crate) fn check_failed(&mut self, node: NodeId, now: Instant, suspect_for: Duration) {
+    /// Incarnation `incarnation` of `node` was silent or unreachable at `now` (a request it
+    /// did not acknowledge, a failed liveness check, no connection).
+    pub(crate) fn silent(
+        &mut self,
+        node: NodeId,
+        incarnation: u64,
+        now: Instant,
+        suspect_for: Duration,
+    ) {
         self.suspect(node, now, suspect_for);
         if let Some(s) = self.nodes.get_mut(&node) {
-            s.check_failed_at = Some(now);
+            s.silent = Some((now, incarnation));
         }
     }
 
@@ -76,21 +91,25 @@ impl Suspects {
         self.nodes.contains_key(&node)
     }
 
-    /// What a redirect to `node` means at `now`, for a caller that started waiting for a
-    /// check at `asked_at`: a check that failed since then, or within `recheck`, answers for
-    /// it.
+    /// What a redirect at `now` to `node`, whose incarnation in the cluster state is
+    /// `incarnation`, means for a caller that started waiting for a check at `asked_at`: a
+    /// silence of that incarnation since then, or within `dead_for`, answers for it.
     pub(crate) fn verdict(
         &mut self,
         node: NodeId,
+        incarnation: u64,
         now: Instant,
         asked_at: Instant,
-        recheck: Duration,
+        dead_for: Duration,
     ) -> Verdict {
         if !self.is_suspect(node, now) {
             return Verdict::Alive;
         }
-        match self.nodes[&node].check_failed_at {
-            Some(at) if at >= asked_at || now.saturating_duration_since(at) < recheck => {
+        match self.nodes[&node].silent {
+            Some((at, silent))
+                if silent == incarnation
+                    && (at >= asked_at || now.saturating_duration_since(at) < dead_for) =>
+            {
                 Verdict::Dead
             }
             _ => Verdict::Check,
@@ -154,35 +173,58 @@ mod tests {
     use super::*;
 
     const FOR: Duration = Duration::from_secs(10);
-    const RECHECK: Duration = Duration::from_secs(2);
+    const DEAD: Duration = Duration::from_secs(2);
 
     #[test]
-    fn a_suspect_is_checked_before_it_is_taken_for_dead() {
+    fn a_silent_node_is_dead_for_a_while_then_checked() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let (a, b) = (NodeId(1), NodeId(2));
+        let inc = 7;
         let mut s = Suspects::default();
-        assert_eq!(s.verdict(a, t0, t0, RECHECK), Verdict::Alive);
-        // Silent once: a suspect, but a redirect to it is checked, not believed.
-        s.suspect(a, t0, FOR);
+        assert_eq!(s.verdict(a, inc, t0, t0, DEAD), Verdict::Alive);
+        // Silent: a suspect, and a redirect to it is a takeover at once (no check).
+        s.silent(a, inc, t0, FOR);
         assert!(s.is_suspect(a, ms(1)) && !s.is_suspect(b, ms(1)));
-        assert_eq!(s.verdict(a, ms(1), ms(1), RECHECK), Verdict::Check);
-        // The check failed: dead for RECHECK, for waiters that started before it too.
-        s.check_failed(a, ms(100), FOR);
-        assert_eq!(s.verdict(a, ms(101), ms(50), RECHECK), Verdict::Dead);
-        assert_eq!(s.verdict(a, ms(2099), ms(2099), RECHECK), Verdict::Dead);
-        // Then checked again.
-        assert_eq!(s.verdict(a, ms(2100), ms(2100), RECHECK), Verdict::Check);
+        assert_eq!(s.verdict(a, inc, ms(1), ms(1), DEAD), Verdict::Dead);
+        assert_eq!(s.verdict(a, inc, ms(1999), ms(1999), DEAD), Verdict::Dead);
+        // Then checked.
+        assert_eq!(s.verdict(a, inc, ms(2000), ms(2000), DEAD), Verdict::Check);
         // A waiter that queued behind a check that failed meanwhile takes its answer.
-        s.check_failed(a, ms(2200), FOR);
-        assert_eq!(s.verdict(a, ms(2201), ms(2150), RECHECK), Verdict::Dead);
-        // A new silence does not forget the failed check.
+        s.silent(a, inc, ms(2200), FOR);
+        assert_eq!(s.verdict(a, inc, ms(2201), ms(2150), DEAD), Verdict::Dead);
+        // A late answer does not forget the silence.
         s.suspect(a, ms(2300), FOR);
-        assert_eq!(s.verdict(a, ms(2301), ms(2301), RECHECK), Verdict::Dead);
+        assert_eq!(s.verdict(a, inc, ms(2301), ms(2301), DEAD), Verdict::Dead);
         // It answered: no longer a suspect.
         s.clear(a);
-        assert_eq!(s.verdict(a, ms(2400), ms(2400), RECHECK), Verdict::Alive);
+        assert_eq!(s.verdict(a, inc, ms(2400), ms(2400), DEAD), Verdict::Alive);
         assert!(!s.is_suspect(a, ms(2400)));
+    }
+
+    #[test]
+    fn a_slow_node_is_checked_not_taken_for_dead() {
+        let t0 = Instant::now();
+        let a = NodeId(1);
+        let mut s = Suspects::default();
+        s.suspect(a, t0, FOR);
+        assert!(s.is_suspect(a, t0));
+        assert_eq!(s.verdict(a, 3, t0, t0, DEAD), Verdict::Check);
+    }
+
+    #[test]
+    fn a_restarted_node_is_checked_not_taken_for_dead() {
+        let t0 = Instant::now();
+        let a = NodeId(1);
+        let mut s = Suspects::default();
+        s.silent(a, 1, t0, FOR);
+        // The cluster state now names a new process: the silence was not its own.
+        assert_eq!(s.verdict(a, 2, t0, t0, DEAD), Verdict::Check);
+        // The old process is still taken for dead (a stale view).
+        assert_eq!(s.verdict(a, 1, t0, t0, DEAD), Verdict::Dead);
+        // The new one failed its check: dead in turn.
+        s.silent(a, 2, t0, FOR);
+        assert_eq!(s.verdict(a, 2, t0, t0, DEAD), Verdict::Dead);
     }
 
     #[test]
@@ -190,10 +232,10 @@ mod tests {
         let t0 = Instant::now();
         let a = NodeId(1);
         let mut s = Suspects::default();
-        s.check_failed(a, t0, FOR);
+        s.silent(a, 1, t0, FOR);
         assert!(s.is_suspect(a, t0 + FOR - Duration::from_millis(1)));
         assert!(!s.is_suspect(a, t0 + FOR));
-        assert_eq!(s.verdict(a, t0 + FOR, t0 + FOR, RECHECK), Verdict::Alive);
+        assert_eq!(s.verdict(a, 1, t0 + FOR, t0 + FOR, DEAD), Verdict::Alive);
     }
 }
 

@@ -253,6 +253,7 @@ fn cluster(locations: &[(u32, u8)]) -> Vec<NodeInfo> {
             location: format!("reg.dc.rack{rack}"),
             weight,
             state: Default::default(),
+            incarnation: 0,
         })
         .collect()
 }

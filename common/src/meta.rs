@@ -356,6 +356,19 @@ pub struct NodeInfo {
     /// Relative weight for placement (sequencers and node sets); 0 = take no new work.
     pub weight: u32,
     pub state: StorageState,
+    /// Which run of the node's process registered this record: a random number drawn once
+    /// per process start ([`NodeInfo::new_incarnation`]; 0 in records written before it
+    /// existed). A client that found one incarnation silent knows a new one is a restarted
+    /// process, not the one it gave up on (the client's `suspects`).
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+impl NodeInfo {
+    /// A fresh incarnation for a process that is about to register (never 0).
+    pub fn new_incarnation() -> u64 {
+        rand::random::<u64>().max(1)
+    }
 }
 
 /// Extra attributes keyed by name, for forward-compatible additions without a format change.

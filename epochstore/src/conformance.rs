@@ -27,6 +27,7 @@ pub fn storage_node(id: u32) -> NodeInfo {
         location: String::new(),
         weight: 1,
         state: StorageState::ReadWrite,
+        incarnation: 0,
     }
 }
 

@@ -188,6 +188,7 @@ mod tests {
             location: location.to_owned(),
             weight,
             state: StorageState::ReadWrite,
+            incarnation: 0,
         }
     }
 

@@ -185,6 +185,7 @@ mod tests {
             location: String::new(),
             weight: 1,
             state: StorageState::ReadWrite,
+            incarnation: 0,
         }
     }
 

@@ -310,6 +310,7 @@ pub async fn start(
                 location: spec.storage.location.clone(),
                 weight: spec.storage.weight,
                 state: StorageState::ReadWrite,
+                incarnation: NodeInfo::new_incarnation(),
             };
             let lease = store
                 .register_node(info.clone(), spec.lease_ttl)

@@ -157,6 +157,7 @@ fn info(id: NodeId, addr: SocketAddr, sequencer: bool) -> NodeInfo {
         location: String::new(),
         weight: 1,
         state: StorageState::ReadWrite,
+        incarnation: 0,
     }
 }
 

@@ -411,3 +411,68 @@ async fn metadata_comes_from_the_epoch_store_and_other_roles_are_refused() {
     let left: Vec<Esn> = fx.records(log).iter().map(|r| r.header.lsn.esn()).collect();
     assert_eq!(left, (7..=10).map(Esn).collect::<Vec<_>>());
 }
+
+/// `StoreMany`: each batch is stored or refused as if it came alone — one stored, one with a
+/// bad checksum, one below a seal, one for a copyset without this node — and answered in
+/// order; only the good batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_many_answers_each_batch_as_if_alone() {
+    let fx = start(|_| {}).await;
+    let client = fx.client();
+    let peer = fx.peer();
+    let (good, corrupt, sealed, foreign) = (LogId(21), LogId(22), LogId(23), LogId(24));
+    let seal = NodeRequest::Seal {
+        log: sealed,
+        epoch: Epoch(5),
+        sequencer: NodeId(9),
+    };
+    assert!(matches!(
+        peer.call(fx.addr, &seal, T).await.unwrap(),
+        NodeResponse::Sealed { seal: Epoch(5), .. }
+    ));
+    let mut bad = batch(corrupt, 2, 1..=2);
+    bad.records[1].payload[0] ^= 0xff;
+    let mut elsewhere = batch(foreign, 2, 1..=2);
+    elsewhere.copyset = tally_common::Copyset::new(vec![NodeId(7), NodeId(8)]).unwrap();
+    let request = ClientRequest::StoreMany(vec![
+        batch(good, 2, 1..=3),
+        bad,
+        batch(sealed, 4, 1..=2),
+        elsewhere,
+    ]);
+    let answers = match client.call(fx.addr, &request, T).await.unwrap() {
+        ClientResponse::StoreResults(answers) => answers,
+        other => panic!("expected store results, got {other:?}"),
+    };
+    use tally_common::wire::client::StoreAnswer;
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0], StoreAnswer::Status(StoreStatus::Stored));
+    assert_eq!(
+        answers[1],
+        StoreAnswer::Status(StoreStatus::ChecksumMismatch { lsn: lsn(2, 2) })
+    );
+    assert_eq!(
+        answers[2],
+        StoreAnswer::Status(StoreStatus::Preempted {
+            seal: Epoch(5),
+            sequencer: None
+        })
+    );
+    assert!(
+        matches!(&answers[3], StoreAnswer::Error(e) if e.code == ErrorCode::BadRequest),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(fx.records(good).len(), 3);
+    for log in [corrupt, sealed, foreign] {
+        assert!(fx.records(log).is_empty(), "{log} stored nothing");
+    }
+    // Over the limits: refused whole, before any work.
+    let too_many = ClientRequest::StoreMany(vec![batch(good, 2, 10..=10); 300]);
+    match client.call(fx.addr, &too_many, T).await {
+        Err(_) | Ok(ClientResponse::Error(_)) => {}
+        Ok(other) => panic!("300 batches answered {other:?}"),
+    }
+    assert_eq!(fx.records(good).len(), 3);
+    fx.stop().await;
+}

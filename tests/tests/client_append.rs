@@ -32,9 +32,9 @@ use tally_common::transport::{
     ClientProtocol, Connector, NodeProtocol, RequestContext, Server, Service, TlsIdentity,
     TransportConfig, generate_cluster_certs,
 };
-use tally_common::wire::StoreStatus;
-use tally_common::wire::client::{ClientRequest, ClientResponse};
+use tally_common::wire::client::{ClientRequest, ClientResponse, StoreAnswer};
 use tally_common::wire::node::{NodeRequest, NodeResponse};
+use tally_common::wire::{StoreBatch, StoreStatus};
 use tally_common::{LogId, Lsn, NodeId, RecordFlags};
 use tally_epochstore::{EpochStore, MemoryEpochStore, NodeLease};
 use tally_sequencer::runtime::{
@@ -78,6 +78,8 @@ struct Seen {
     held: BTreeMap<NodeId, BTreeMap<(LogId, Lsn), Vec<u8>>>,
     /// AMENDs for copies the node did not hold: the client must never send these.
     bad_amends: Vec<Received>,
+    /// `StoreMany` requests received (by all nodes).
+    store_many: usize,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,8 @@ struct FakeStorage {
     /// Likewise for the first STORE carrying more than one record (a coalesced batch).
     stall_first_batch: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
+    /// Stores wait to answer while this is false (shared by all fake nodes).
+    gate: watch::Receiver<bool>,
 }
 
 impl FakeStorage {
@@ -99,12 +103,31 @@ impl FakeStorage {
 
 impl Service<ClientProtocol> for FakeStorage {
     async fn call(&self, ctx: RequestContext, req: ClientRequest) -> ClientResponse {
-        let ClientRequest::Store(batch) = req else {
-            return ClientResponse::Error(tally_common::wire::RemoteError::new(
+        match req {
+            ClientRequest::Store(batch) => self.store(&ctx, batch).await,
+            // Batches of several appends that waited for this node together.
+            ClientRequest::StoreMany(batches) => {
+                self.seen.lock().unwrap().store_many += 1;
+                let mut answers = Vec::new();
+                for batch in batches {
+                    answers.push(match self.store(&ctx, batch).await {
+                        ClientResponse::StoreResult(s) => StoreAnswer::Status(s),
+                        ClientResponse::Error(e) => StoreAnswer::Error(e),
+                        other => panic!("fake store answered {other:?}"),
+                    });
+                }
+                ClientResponse::StoreResults(answers)
+            }
+            _ => ClientResponse::Error(tally_common::wire::RemoteError::new(
                 tally_common::wire::ErrorCode::BadRequest,
-                "fake storage serves only Store",
-            ));
-        };
+                "fake storage serves only Store and StoreMany",
+            )),
+        }
+    }
+}
+
+impl FakeStorage {
+    async fn store(&self, ctx: &RequestContext, batch: StoreBatch) -> ClientResponse {
         if self.stall_first.swap(false, Ordering::SeqCst)
             || (batch.records.len() > 1 && self.stall_first_batch.swap(false, Ordering::SeqCst))
         {
@@ -118,10 +141,13 @@ impl Service<ClientProtocol> for FakeStorage {
             amend,
             lsns: batch.records.iter().map(|r| r.lsn).collect(),
         };
+        {
+            self.seen.lock().unwrap().stores.push(received.clone());
+        }
+        let _ = self.gate.clone().wait_for(|open| *open).await;
         let mode = self.mode();
         {
             let mut seen = self.seen.lock().unwrap();
-            seen.stores.push(received.clone());
             if mode == Mode::Store {
                 let held = seen.held.entry(self.id).or_default();
                 let holds_all = batch
@@ -169,9 +195,14 @@ struct Counting {
     inner: Arc<SequencerNode>,
     /// `Sequence` requests received (counted before the gate).
     sequences: watch::Sender<usize>,
+    /// Reports received (each report of a `ReportStoredMany` counts).
     reports: watch::Sender<usize>,
+    /// `ReportStoredMany` requests received.
+    report_many: watch::Sender<usize>,
     preemptions: watch::Sender<usize>,
     gate_open: watch::Sender<bool>,
+    /// Reports wait to be applied while this is false.
+    report_gate: watch::Sender<bool>,
 }
 
 impl Counting {
@@ -180,8 +211,10 @@ impl Counting {
             inner,
             sequences: watch::Sender::new(0),
             reports: watch::Sender::new(0),
+            report_many: watch::Sender::new(0),
             preemptions: watch::Sender::new(0),
             gate_open: watch::Sender::new(true),
+            report_gate: watch::Sender::new(true),
         }
     }
 
@@ -225,7 +258,15 @@ impl Service<ClientProtocol> for Counting {
                 // Closed only while a test holds a grant back; the request's deadline bounds it.
                 let _ = open.wait_for(|open| *open).await;
             }
-            ClientRequest::ReportStored { .. } => self.reports.send_modify(|n| *n += 1),
+            ClientRequest::ReportStored { .. } => {
+                self.reports.send_modify(|n| *n += 1);
+                let _ = self.report_gate.subscribe().wait_for(|open| *open).await;
+            }
+            ClientRequest::ReportStoredMany(reports) => {
+                self.reports.send_modify(|n| *n += reports.len());
+                self.report_many.send_modify(|n| *n += 1);
+                let _ = self.report_gate.subscribe().wait_for(|open| *open).await;
+            }
             ClientRequest::ReportPreempted { .. } => self.preemptions.send_modify(|n| *n += 1),
             _ => {}
         }
@@ -266,6 +307,8 @@ struct Cluster {
     seen: Arc<Mutex<Seen>>,
     stall_first: Arc<AtomicBool>,
     stall_first_batch: Arc<AtomicBool>,
+    /// Open (true) unless a test holds every store's answer.
+    gate: watch::Sender<bool>,
     sequencers: Vec<Sequencer>,
     _servers: Vec<Server>,
     _leases: Vec<NodeLease>,
@@ -287,6 +330,7 @@ fn node_info(id: NodeId, addr: SocketAddr, sequencer: bool) -> NodeInfo {
         location: String::new(),
         weight: 1,
         state: StorageState::ReadWrite,
+        incarnation: 0,
     }
 }
 
@@ -308,6 +352,7 @@ impl Cluster {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stall_first = Arc::new(AtomicBool::new(false));
         let stall_first_batch = Arc::new(AtomicBool::new(false));
+        let (gate, gate_rx) = watch::channel(true);
         let (mut servers, mut leases, mut fakes) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..storage {
             let fake = Arc::new(FakeStorage {
@@ -316,6 +361,7 @@ impl Cluster {
                 stall_first: stall_first.clone(),
                 stall_first_batch: stall_first_batch.clone(),
                 seen: seen.clone(),
+                gate: gate_rx.clone(),
             });
             let server = Server::builder(TransportConfig::default(), identity())
                 .service::<ClientProtocol, _>(fake.clone())
@@ -372,6 +418,7 @@ impl Cluster {
             seen,
             stall_first,
             stall_first_batch,
+            gate,
             sequencers: nodes,
             _servers: servers,
             _leases: leases,
@@ -516,6 +563,90 @@ async fn appends_get_increasing_unique_lsns_stored_on_r_nodes() {
         let holders = cluster.holders(log, *lsn, payload);
         assert!(holders.len() >= 3, "{lsn} is held by {holders:?} only");
     }
+    cluster.stop(client).await;
+}
+
+/// Waits (polling the client's and nodes' state, no fixed sleep) until `done`.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Appends to many logs at once, while every storage node is busy with the client's first
+/// few store requests: the batches waiting for a node go out together as `StoreMany`, each
+/// is answered on its own, and every append is acknowledged with its copies on R nodes.
+/// Likewise the completion reports, held at the sequencer: those that wait go out together
+/// as `ReportStoredMany`, and every one is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_waiting_for_a_busy_node_go_out_together() {
+    const LOGS: u64 = 40;
+    // Store requests the client keeps in flight per node (client `STORE_REQUESTS_PER_NODE`).
+    const SLOTS: usize = 4;
+    let cluster = Cluster::start(3).await;
+    let mut logs = Vec::new();
+    for log in 1..=LOGS {
+        logs.push(cluster.create_log(log, 3).await);
+    }
+    let client = cluster.client(cluster.config()).await;
+    // Warm up (activations, connections), then hold every store's answer.
+    for log in &logs {
+        append(&client, *log, b"warm".to_vec()).await.unwrap();
+    }
+    let seq = cluster.sequencers[0].counting.clone();
+    seq.wait_reports(LOGS as usize).await;
+    let warm = cluster.seen.lock().unwrap().stores.len();
+    cluster.gate.send_replace(false);
+    // Completion reports are held too, to see them wait for the sequencer and go together.
+    seq.report_gate.send_replace(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for log in logs.iter().copied() {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let payload = format!("busy {log}").into_bytes();
+            (log, append(&client, log, payload.clone()).await, payload)
+        });
+    }
+    // Each node holds the client's first SLOTS stores; every other batch waits in the client.
+    let expected_waiting = 3 * (LOGS as usize - SLOTS);
+    wait_until("the stores to wait", || {
+        client.store_batches_waiting() >= expected_waiting
+    })
+    .await;
+    assert_eq!(
+        cluster.seen.lock().unwrap().stores.len() - warm,
+        3 * SLOTS,
+        "only the slots' stores reached the nodes"
+    );
+    cluster.gate.send_replace(true);
+    while let Some(done) = tasks.join_next().await {
+        let (log, outcome, payload) = done.unwrap();
+        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
+        let holders = cluster.holders(log, lsn, &payload);
+        assert_eq!(holders.len(), 3, "{log} {lsn} is held by {holders:?}");
+    }
+    let store_many = cluster.seen.lock().unwrap().store_many;
+    assert!(
+        store_many >= 3,
+        "every node got the waiting batches together ({store_many} StoreMany)"
+    );
+    assert_eq!(client.store_batches_waiting(), 0);
+    // Every append returned; the sequencer holds the client's first reports (its slots), the
+    // others wait in the client and go out together once those are answered.
+    assert_eq!(*seq.report_many.borrow(), 0);
+    seq.report_gate.send_replace(true);
+    seq.wait_reports(2 * LOGS as usize).await;
+    assert!(
+        *seq.report_many.borrow() >= 1,
+        "the waiting reports went together"
+    );
+    let node = cluster.sequencers[0].node();
+    wait_until("every report to be applied", || {
+        node.metrics().appends_completed.get() == 2 * LOGS
+    })
+    .await;
     cluster.stop(client).await;
 }
 

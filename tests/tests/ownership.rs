@@ -191,9 +191,15 @@ async fn a_suspect_owner_that_answers_keeps_its_logs() -> anyhow::Result<()> {
     // short by a loaded machine.
     config.cluster_refresh_interval = Duration::from_secs(3600);
     config.sequencer_suspect_for = Duration::from_secs(3600);
+    config.sequencer_dead_for = Duration::from_secs(3600);
     config.sequencer_silence_timeout = Duration::from_secs(5);
     config.transport.connect_timeout = Duration::from_millis(300);
     let client = cluster.client_with(config).await?;
+    let down_incarnation = client
+        .cluster()
+        .node(owner)
+        .context("the client knows the owner")?
+        .incarnation;
 
     // The owner is down: the client cannot reach it and another node takes the log over.
     cluster.stop(owner).await?;
@@ -203,9 +209,15 @@ async fn a_suspect_owner_that_answers_keeps_its_logs() -> anyhow::Result<()> {
         .await?;
     assert_eq!(lsn.epoch(), Epoch(1));
 
-    // The owner is back. The client still suspects it, yet its other logs go to it.
+    // The owner is back, a new incarnation. The client still suspects it, and still takes
+    // the process it found unreachable for dead, yet the other logs go to the new one.
     cluster.restart(owner).await?;
     client.refresh_cluster().await?;
+    assert_ne!(
+        client.cluster().node(owner).map(|n| n.incarnation),
+        Some(down_incarnation),
+        "a restart registers a new incarnation"
+    );
     let mut appends = JoinSet::new();
     for log in rest.iter().copied() {
         let client = client.clone();
@@ -215,6 +227,10 @@ async fn a_suspect_owner_that_answers_keeps_its_logs() -> anyhow::Result<()> {
         let (log, outcome) = joined?;
         outcome.with_context(|| format!("append to {log}"))?;
     }
+    assert!(
+        client.liveness_checks_sent() >= 1,
+        "the restarted owner was believed without a check"
+    );
     // A client that never suspected the owner appends to the same logs: nothing moves.
     let other = cluster.client().await?;
     for log in rest {
@@ -234,6 +250,88 @@ async fn a_suspect_owner_that_answers_keeps_its_logs() -> anyhow::Result<()> {
     }
     client.close().await;
     other.close().await;
+    cluster.shutdown().await
+}
+
+/// An owner that stopped answering (killed: its membership record outlives it until the
+/// lease lapses) is taken over at once for every log the client appends to: the client found
+/// it silent, and while the other nodes' views still name it as the owner their redirects to
+/// it are answered with a takeover, without a liveness check per redirect (each of which
+/// would add `sequencer_silence_timeout` to the failover). Before the fix every such redirect
+/// waited for a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_owner_is_taken_over_without_a_check_per_redirect() -> anyhow::Result<()> {
+    let mut cluster = start().await?;
+    let owner = NodeId(1);
+    let view = cluster
+        .sequencer(owner)
+        .context("the owner runs")?
+        .membership()
+        .view();
+    let record = view
+        .nodes
+        .get(&owner)
+        .context("the owner is a member")?
+        .clone();
+    let owned: Vec<LogId> = (1..=LOGS)
+        .map(LogId)
+        .filter(|l| view.owner(*l) == Some(owner))
+        .take(16)
+        .collect();
+    cluster.create_logs(owned.iter().map(|l| l.0), R).await?;
+    let (first, rest) = owned.split_first().context("the owner owns logs")?;
+
+    // The owner's process is gone, but its membership record (same incarnation) is back
+    // under a long lease, as a killed node's stays until its lease lapses: the other nodes
+    // still redirect its logs to it.
+    cluster.stop(owner).await?;
+    wait_left(&cluster, owner).await?;
+    let _lease = cluster
+        .store()
+        .register_node(record.clone(), Duration::from_secs(3600))
+        .await?;
+    for id in cluster.sequencer_ids() {
+        let Some(seq) = cluster.sequencer(id) else {
+            continue;
+        };
+        let mut rx = seq.membership().subscribe();
+        tokio::time::timeout(WAIT, rx.wait_for(|v| v.nodes.get(&owner) == Some(&record)))
+            .await
+            .with_context(|| format!("{id} does not see {owner} again"))??;
+    }
+
+    let mut config = cluster.client_config();
+    // No periodic refresh, and the silence is believed for the whole test (only the
+    // mechanism is under test, not the clock).
+    config.cluster_refresh_interval = Duration::from_secs(3600);
+    config.sequencer_suspect_for = Duration::from_secs(3600);
+    config.sequencer_dead_for = Duration::from_secs(3600);
+    config.transport.connect_timeout = Duration::from_millis(300);
+    let client = cluster.client_with(config).await?;
+    assert_eq!(
+        client.cluster().node(owner).map(|n| n.incarnation),
+        Some(record.incarnation)
+    );
+
+    // The first append finds the owner unreachable; the next node takes the log over.
+    let lsn = client.append(*first, b"owner gone".to_vec()).await?;
+    assert_eq!(lsn.epoch(), Epoch(1));
+    // Every other log: the first node asked redirects to the owner, and takes it over.
+    let mut appends = JoinSet::new();
+    for log in rest.iter().copied() {
+        let client = client.clone();
+        appends.spawn(async move { (log, client.append(log, b"owner gone".to_vec()).await) });
+    }
+    while let Some(joined) = appends.join_next().await {
+        let (log, outcome) = joined?;
+        outcome.with_context(|| format!("append to {log}"))?;
+    }
+    assert_eq!(
+        client.liveness_checks_sent(),
+        0,
+        "a redirect to the owner found silent was checked"
+    );
+    client.close().await;
     cluster.shutdown().await
 }
 

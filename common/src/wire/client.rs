@@ -98,7 +98,52 @@ pub enum ClientRequest {
     /// What this node says about itself: roles, health, counters, rates, and the logs it
     /// sequences (any node). Answer `NodeStatus`.
     GetNodeStatus,
+    /// Several STORE batches for this storage node in one request (from appends to different
+    /// logs, or batches of one log, that were waiting for the same node at once). Each batch
+    /// is stored and answered as if it came alone: answer `StoreResults`, one entry per batch
+    /// in order. At most [`MAX_STORE_BATCHES`] batches and `max_records_per_batch` records
+    /// in all, so one request is no more work than one full `Store`.
+    StoreMany(Vec<StoreBatch>),
+    /// Several `ReportStored`s for this sequencer in one request (reports of appends to
+    /// different logs that completed while an earlier report to it was on its way). Each is
+    /// applied as if it came alone; the answer is `Ack` (reports are advisory: one the
+    /// sequencer cannot apply is settled by its own paths, abandoned LSNs and recovery). At
+    /// most [`MAX_REPORTS`].
+    ReportStoredMany(Vec<StoredReport>),
 }
+
+/// One report of a `ReportStoredMany`: the fields of a `ReportStored`.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StoredReport {
+    pub log: LogId,
+    pub first: Lsn,
+    pub count: u32,
+    pub copyset: Copyset,
+    pub wave: u32,
+}
+
+/// Most reports in one `ReportStoredMany`.
+pub const MAX_REPORTS: usize = 1024;
+
+fn check_report(log: &LogId, first: &Lsn, count: u32, copyset: &Copyset) -> Result<(), String> {
+    if !log.is_user() {
+        return Err(format!("invalid user log id {}", log.0));
+    }
+    copyset.validate().map_err(|e| e.to_string())?;
+    if count == 0 || count > MAX_GRANT {
+        return Err(format!("report of {count} LSNs"));
+    }
+    let last = first.esn().0.checked_add(count - 1);
+    if !first.epoch().is_valid() || first.esn() == Esn::INVALID || last.is_none() {
+        return Err(format!(
+            "report range {first} + {count} is not within one epoch"
+        ));
+    }
+    Ok(())
+}
+
+/// Most batches in one `StoreMany`.
+pub const MAX_STORE_BATCHES: usize = 256;
 
 impl ClientRequest {
     fn check(&self, limits: &Limits) -> Result<(), String> {
@@ -130,19 +175,17 @@ impl ClientRequest {
                 count,
                 copyset,
                 ..
-            } => {
-                user_log(log)?;
-                copyset.validate().map_err(|e| e.to_string())?;
-                if *count == 0 || *count > MAX_GRANT {
-                    return Err(format!("report of {count} LSNs"));
-                }
-                let last = first.esn().0.checked_add(count - 1);
-                if !first.epoch().is_valid() || first.esn() == Esn::INVALID || last.is_none() {
+            } => check_report(log, first, *count, copyset),
+            ClientRequest::ReportStoredMany(reports) => {
+                if reports.is_empty() || reports.len() > MAX_REPORTS {
                     return Err(format!(
-                        "report range {first} + {count} is not within one epoch"
+                        "{} reports in one ReportStoredMany, allowed 1..={MAX_REPORTS}",
+                        reports.len()
                     ));
                 }
-                Ok(())
+                reports
+                    .iter()
+                    .try_for_each(|r| check_report(&r.log, &r.first, r.count, &r.copyset))
             }
             ClientRequest::Store(batch) => batch.check(limits),
             ClientRequest::Trim { log, .. } | ClientRequest::FindTime { log, .. } => user_log(log),
@@ -183,6 +226,22 @@ impl ClientRequest {
                     return Err(format!("empty scan range {from}..={until}"));
                 }
                 Ok(())
+            }
+            ClientRequest::StoreMany(batches) => {
+                if batches.is_empty() || batches.len() > MAX_STORE_BATCHES {
+                    return Err(format!(
+                        "{} batches in one StoreMany, allowed 1..={MAX_STORE_BATCHES}",
+                        batches.len()
+                    ));
+                }
+                let records: usize = batches.iter().map(|b| b.records.len()).sum();
+                if records > limits.max_records_per_batch as usize {
+                    return Err(format!(
+                        "{records} records in one StoreMany, limit {}",
+                        limits.max_records_per_batch
+                    ));
+                }
+                batches.iter().try_for_each(|b| b.check(limits))
             }
             ClientRequest::ReportPreempted { log, epoch, seal } => {
                 user_log(log)?;
@@ -277,6 +336,17 @@ pub enum ClientResponse {
     },
     /// The answer to `GetNodeStatus`.
     NodeStatus(Box<super::status::NodeStatus>),
+    /// The answer to `StoreMany`: one entry per batch, in the request's order.
+    StoreResults(Vec<StoreAnswer>),
+}
+
+/// What became of one batch of a `StoreMany`: what a `Store` of it alone would have answered.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum StoreAnswer {
+    /// `StoreResult(status)`.
+    Status(StoreStatus),
+    /// An error answer (`Error(e)`): a bad batch, an expired deadline, an internal error.
+    Error(RemoteError),
 }
 
 /// One log of a `Logs` answer.
@@ -331,6 +401,15 @@ impl ClientResponse {
             }
             ClientResponse::Error(e) => e.check(limits),
             ClientResponse::NodeStatus(status) => status.check(),
+            ClientResponse::StoreResults(answers) => {
+                if answers.is_empty() || answers.len() > MAX_STORE_BATCHES {
+                    return Err(format!("{} answers in StoreResults", answers.len()));
+                }
+                answers.iter().try_for_each(|a| match a {
+                    StoreAnswer::Error(e) => e.check(limits),
+                    StoreAnswer::Status(_) => Ok(()),
+                })
+            }
             ClientResponse::Logs(logs) if logs.len() > MAX_LISTED_LOGS => Err(format!(
                 "{} logs in one answer, limit {MAX_LISTED_LOGS}",
                 logs.len()

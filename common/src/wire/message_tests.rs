@@ -4,7 +4,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::client::{ClientRequest, ClientResponse, Grant};
+use super::client::{ClientRequest, ClientResponse, Grant, StoreAnswer, StoredReport};
 use super::node::{NodeRequest, NodeResponse, Release};
 use super::*;
 use crate::ids::{Epoch, Esn, LogId, Lsn, NodeId};
@@ -250,6 +250,26 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                 }
             ),
         store_batch().prop_map(ClientRequest::Store),
+        vec(store_batch(), 1..4).prop_map(ClientRequest::StoreMany),
+        vec(
+            (
+                log_id(),
+                1u32..=Epoch::MAX.0,
+                1u32..1000,
+                1u32..100,
+                copyset(),
+                any::<u32>()
+            )
+                .prop_map(|(log, e, n, count, copyset, wave)| StoredReport {
+                    log,
+                    first: Lsn::new(Epoch(e), Esn(n)),
+                    count,
+                    copyset,
+                    wave
+                }),
+            1..4
+        )
+        .prop_map(ClientRequest::ReportStoredMany),
         (log_id(), lsn()).prop_map(|(log, upto)| ClientRequest::Trim { log, upto }),
         (log_id(), any::<u64>(), any::<bool>()).prop_map(|(log, timestamp_ms, strict)| {
             ClientRequest::FindTime {
@@ -316,6 +336,7 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
                 location,
                 weight,
                 state: StorageState::ReadWrite,
+                incarnation: 0,
             },
         )
 }
@@ -381,6 +402,14 @@ fn client_response() -> impl Strategy<Value = ClientResponse> {
         Just(ClientResponse::SeqNoBufs),
         any::<u32>().prop_map(|s| ClientResponse::Preempted { seal: Epoch(s) }),
         store_status().prop_map(ClientResponse::StoreResult),
+        vec(
+            prop_oneof![
+                store_status().prop_map(StoreAnswer::Status),
+                remote_error().prop_map(StoreAnswer::Error),
+            ],
+            1..4
+        )
+        .prop_map(ClientResponse::StoreResults),
         Just(ClientResponse::Ack),
         lsn().prop_map(|trim_point| ClientResponse::Trimmed { trim_point }),
         lsn().prop_map(|lsn| ClientResponse::FoundTime { lsn }),
@@ -579,13 +608,70 @@ fn validation_rejects_limit_breaks() {
         .unwrap_err();
     assert!(err.to_string().contains("strictly increasing"), "{err}");
 
-    let mut bad_flags = batch;
+    let mut bad_flags = batch.clone();
     bad_flags.records[0].payload.clear();
     bad_flags.flags = RecordFlags(1 << 30);
-    assert!(ClientRequest::Store(bad_flags).validate(&limits).is_err());
+    assert!(
+        ClientRequest::Store(bad_flags.clone())
+            .validate(&limits)
+            .is_err()
+    );
+
+    // StoreMany: every batch is checked, and the whole is bounded like one batch.
+    let mut small = batch;
+    small.records[0].payload.clear();
+    ClientRequest::StoreMany(vec![small.clone(), small.clone()])
+        .validate(&limits)
+        .unwrap();
+    assert!(
+        ClientRequest::StoreMany(vec![small.clone(), bad_flags])
+            .validate(&limits)
+            .is_err()
+    );
+    assert!(
+        ClientRequest::StoreMany(Vec::new())
+            .validate(&limits)
+            .is_err()
+    );
+    let tight = crate::Limits {
+        max_records_per_batch: 1,
+        ..limits
+    };
+    let err = ClientRequest::StoreMany(vec![small.clone(), small])
+        .validate(&tight)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("records in one StoreMany"),
+        "{err}"
+    );
 
     assert!(
         ClientRequest::GetTail { log: LogId(0) }
+            .validate(&limits)
+            .is_err()
+    );
+
+    let stored = |log, epoch, esn, count| StoredReport {
+        log: LogId(log),
+        first: Lsn::new(Epoch(epoch), Esn(esn)),
+        count,
+        copyset: Copyset::new(vec![NodeId(1)]).unwrap(),
+        wave: 1,
+    };
+    ClientRequest::ReportStoredMany(vec![stored(1, 1, 1, 3), stored(2, 4, 9, 1)])
+        .validate(&limits)
+        .unwrap();
+    for bad in [
+        stored(0, 1, 1, 1),
+        stored(1, 0, 1, 1),
+        stored(1, 1, 0, 1),
+        stored(1, 1, 1, 0),
+    ] {
+        let many = ClientRequest::ReportStoredMany(vec![stored(1, 1, 1, 1), bad]);
+        assert!(many.validate(&limits).is_err(), "{many:?}");
+    }
+    assert!(
+        ClientRequest::ReportStoredMany(Vec::new())
             .validate(&limits)
             .is_err()
     );

@@ -129,6 +129,7 @@ async fn measure(backend: &'static str, store: &dyn EpochStore, n: usize) -> any
             location: String::new(),
             weight: 1,
             state: StorageState::ReadWrite,
+            incarnation: 0,
         };
         leases.push(store.register_node(info, Duration::from_secs(30)).await?);
     }

@@ -647,6 +647,7 @@ mod tests {
             location: String::new(),
             weight: 1,
             state: StorageState::ReadWrite,
+            incarnation: 0,
         };
         let lease = store
             .register_node(storage, Duration::from_secs(60))

@@ -243,6 +243,14 @@ impl Service<ClientProtocol> for SequencerNode {
             ClientRequest::ReportStored {
                 log, first, count, ..
             } => self.report_stored(log, first, count),
+            ClientRequest::ReportStoredMany(reports) => {
+                for r in reports {
+                    if let ClientResponse::Error(e) = self.report_stored(r.log, r.first, r.count) {
+                        tracing::debug!(log = %r.log, first = %r.first, error = %e, "report not applied");
+                    }
+                }
+                ClientResponse::Ack
+            }
             ClientRequest::ReportPreempted { log, epoch, seal } => {
                 self.report_preempted(log, epoch, seal);
                 ClientResponse::Ack
@@ -281,6 +289,8 @@ impl Service<ClientProtocol> for SequencerNode {
 fn request_name(req: &ClientRequest) -> &'static str {
     match req {
         ClientRequest::Store(_) => "Store",
+        ClientRequest::StoreMany(_) => "StoreMany",
+        ClientRequest::ReportStoredMany(_) => "ReportStoredMany",
         ClientRequest::Trim { .. } => "Trim",
         ClientRequest::FindTime { .. } => "FindTime",
         ClientRequest::DataSize { .. } => "DataSize",

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use tally_common::transport::{ClientProtocol, RequestContext, ServerStream, Service};
-use tally_common::wire::client::{ClientRequest, ClientResponse};
+use tally_common::wire::client::{ClientRequest, ClientResponse, StoreAnswer};
 use tally_common::wire::{ErrorCode, FindTimeAccuracy as WireAccuracy, RemoteError};
 use tally_common::{LogId, Lsn};
 use tally_epochstore::EpochStoreError;
@@ -54,6 +54,7 @@ impl StorageNode {
         matches!(
             req,
             ClientRequest::Store(_)
+                | ClientRequest::StoreMany(_)
                 | ClientRequest::Trim { .. }
                 | ClientRequest::FindTime { .. }
                 | ClientRequest::DataSize { .. }
@@ -78,6 +79,22 @@ impl StorageNode {
                 Outcome::Status(s) => ClientResponse::StoreResult(s),
                 Outcome::Error(e) => error(e),
             },
+            ClientRequest::StoreMany(batches) => {
+                // All at once: LogsDB's writers commit them together (one WAL write, one
+                // fsync for the durable ones), and each is answered as if alone.
+                let stores = batches
+                    .into_iter()
+                    .map(|batch| self.store_batch(batch, deadline));
+                let answers = futures_util::future::join_all(stores)
+                    .await
+                    .into_iter()
+                    .map(|outcome| match outcome {
+                        Outcome::Status(s) => StoreAnswer::Status(s),
+                        Outcome::Error(e) => StoreAnswer::Error(e),
+                    })
+                    .collect();
+                ClientResponse::StoreResults(answers)
+            }
             ClientRequest::Trim { log, upto } => self.trim(log, upto, deadline).await,
             ClientRequest::FindTime {
                 log,

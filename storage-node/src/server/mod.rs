@@ -126,6 +126,8 @@ pub struct StorageNode {
     registration: Arc<tokio::sync::Mutex<Option<(NodeInfo, NodeLease)>>>,
     /// Set once LogsDB refused a write after an I/O failure (read-only until restart).
     write_failed: AtomicBool,
+    /// This process's incarnation, in every record it registers (`NodeInfo::incarnation`).
+    incarnation: u64,
     /// Which epochs are settled per log, and what purging did (`purge`).
     purges: purge::Purges,
     tracker: TaskTracker,
@@ -231,6 +233,7 @@ impl StorageRuntime {
             location: node.config.location.clone(),
             weight: node.config.weight,
             state: node.storage_state(),
+            incarnation: node.incarnation,
         };
         let timeout = node.config.epoch_store_timeout;
         let lease = tokio::time::timeout(
@@ -335,6 +338,7 @@ pub async fn run(
         cluster: cluster.clone(),
         registration: Arc::new(tokio::sync::Mutex::new(None)),
         write_failed: AtomicBool::new(false),
+        incarnation: NodeInfo::new_incarnation(),
         purges: purge::Purges::default(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),

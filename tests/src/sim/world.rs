@@ -262,6 +262,7 @@ impl World {
                 } else {
                     StorageState::ReadWrite
                 },
+                incarnation: 0,
             })
             .collect()
     }
