@@ -526,7 +526,7 @@ async fn store(
     };
     let started = Instant::now();
     let hard = deadline.saturating_duration_since(started).max(timeout);
-    let call = shared.stores.store(addr, batch, hard);
+    let call = shared.stores.send(addr, batch, hard);
     tokio::pin!(call);
     let mut reported = false;
     let answer = tokio::select! {

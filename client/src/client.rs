@@ -28,6 +28,7 @@ use crate::cluster::{ClusterError, ClusterState, ClusterView};
 use crate::config::{ClientConfig, ConfigError};
 use crate::error::AppendError;
 use crate::graylist::Graylist;
+use crate::mux::{Mux, Stores};
 use crate::suspects::{Suspects, Takeovers, Verdict};
 
 /// Why [`Client::connect`] failed.
@@ -53,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     pub(crate) connector: Arc<Connector<ClientProtocol>>,
     /// STOREs per storage node, batched across logs while a node is busy.
-    pub(crate) stores: Arc<crate::store_mux::StoreMux>,
+    pub(crate) stores: Arc<Mux<Stores>>,
     /// Completion reports per sequencer, batched while one is on its way.
     pub(crate) reports: Arc<crate::reports::Reports>,
     pub(crate) cluster: ClusterView,
@@ -235,10 +236,7 @@ impl Client {
         )
         .await?;
         let tracker = TaskTracker::new();
-        let stores = Arc::new(crate::store_mux::StoreMux::new(
-            connector.clone(),
-            tracker.clone(),
-        ));
+        let stores = Arc::new(Mux::new(connector.clone(), tracker.clone()));
         let reports = Arc::new(crate::reports::Reports::new(
             connector.clone(),
             tracker.clone(),
@@ -325,10 +323,11 @@ impl Client {
         self.shared.checks_sent.load(Ordering::Relaxed)
     }
 
-    /// STORE batches waiting for one of the store requests in flight to their storage node
-    /// to end, to go out together (diagnostics: a client whose nodes keep up has none).
-    pub fn store_batches_waiting(&self) -> usize {
-        self.shared.stores.waiting()
+    /// STORE batches and completion reports waiting for one of the requests in flight to
+    /// their node to end, to go out together (diagnostics: a client whose nodes keep up has
+    /// none).
+    pub fn requests_waiting(&self) -> usize {
+        self.shared.stores.waiting() + self.shared.reports.waiting()
     }
 
     /// What the client's tasks share (for the reader and admin calls, `read`, `admin`).

@@ -41,12 +41,12 @@ pub mod config;
 pub mod error;
 pub mod graylist;
 mod latency;
+mod mux;
 pub mod placement;
 pub mod read;
 pub mod reader;
 mod reports;
 mod sequence;
-mod store_mux;
 mod suspects;
 
 pub use admin::{AdminError, ScanEstimate};

@@ -53,6 +53,11 @@ impl Reports {
         }
     }
 
+    /// Reports waiting for a free slot, over every sequencer (diagnostics and tests).
+    pub(crate) fn waiting(&self) -> usize {
+        self.queues().values().map(|q| q.waiting.len()).sum()
+    }
+
     fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Queue>> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -125,6 +125,16 @@ pub struct StoredReport {
 /// Most reports in one `ReportStoredMany`.
 pub const MAX_REPORTS: usize = 1024;
 
+fn check_sequence(log: &LogId, count: u32, limits: &Limits) -> Result<(), String> {
+    if !log.is_user() {
+        return Err(format!("invalid user log id {}", log.0));
+    }
+    if count == 0 || count > MAX_GRANT.min(limits.max_records_per_batch.max(1) * 16) {
+        return Err(format!("cannot grant {count} LSNs at once"));
+    }
+    Ok(())
+}
+
 fn check_report(log: &LogId, first: &Lsn, count: u32, copyset: &Copyset) -> Result<(), String> {
     if !log.is_user() {
         return Err(format!("invalid user log id {}", log.0));
@@ -162,13 +172,7 @@ impl ClientRequest {
                 user_log(log)?;
                 attributes.validate().map_err(|e| e.to_string())
             }
-            ClientRequest::Sequence { log, count, .. } => {
-                user_log(log)?;
-                if *count == 0 || *count > MAX_GRANT.min(limits.max_records_per_batch.max(1) * 16) {
-                    return Err(format!("cannot grant {count} LSNs at once"));
-                }
-                Ok(())
-            }
+            ClientRequest::Sequence { log, count, .. } => check_sequence(log, *count, limits),
             ClientRequest::ReportStored {
                 log,
                 first,
@@ -277,6 +281,26 @@ pub struct Grant {
     pub sequencer: NodeId,
 }
 
+impl Grant {
+    fn check(&self) -> Result<(), String> {
+        if self.count == 0 || self.count > MAX_GRANT || self.node_set.len() > Copyset::MAX {
+            return Err(format!(
+                "bad grant of {} LSNs over {} nodes",
+                self.count,
+                self.node_set.len()
+            ));
+        }
+        if self.replication == 0 || self.replication as usize > self.node_set.len() {
+            return Err(format!(
+                "replication {} over {} nodes",
+                self.replication,
+                self.node_set.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A node's answer to a [`ClientRequest`], or a message pushed on a read stream.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ClientResponse {
@@ -365,23 +389,7 @@ impl ClientResponse {
             ClientResponse::ClusterState { nodes, .. } if nodes.len() > 4096 => {
                 Err(format!("{} nodes in cluster state", nodes.len()))
             }
-            ClientResponse::Granted(g) => {
-                if g.count == 0 || g.count > MAX_GRANT || g.node_set.len() > Copyset::MAX {
-                    return Err(format!(
-                        "bad grant of {} LSNs over {} nodes",
-                        g.count,
-                        g.node_set.len()
-                    ));
-                }
-                if g.replication == 0 || g.replication as usize > g.node_set.len() {
-                    return Err(format!(
-                        "replication {} over {} nodes",
-                        g.replication,
-                        g.node_set.len()
-                    ));
-                }
-                Ok(())
-            }
+            ClientResponse::Granted(g) => g.check(),
             ClientResponse::Records(records) => {
                 if records.len() > MAX_READ_BATCH {
                     return Err(format!("{} records in one read message", records.len()));

@@ -366,38 +366,42 @@ fn log_metadata() -> impl Strategy<Value = LogMetadata> {
         })
 }
 
+fn grant() -> impl Strategy<Value = Grant> {
+    (
+        log_id(),
+        lsn(),
+        1u32..100,
+        node_set(),
+        durability(),
+        any::<u32>(),
+        any::<u64>(),
+        node_id(),
+    )
+        .prop_map(
+            |(log, first, count, node_set, durability, lng, timestamp_ms, sequencer)| {
+                let replication = node_set.len().min(3) as u8;
+                Grant {
+                    log,
+                    first,
+                    count,
+                    node_set,
+                    replication,
+                    durability,
+                    lng: Esn(lng),
+                    timestamp_ms,
+                    sequencer,
+                }
+            },
+        )
+}
+
 fn client_response() -> impl Strategy<Value = ClientResponse> {
     prop_oneof![
         (vec(node_info(), 0..4), any::<u64>())
             .prop_map(|(nodes, version)| ClientResponse::ClusterState { nodes, version }),
         log_metadata().prop_map(ClientResponse::LogMetadata),
         Just(ClientResponse::LogCreated),
-        (
-            log_id(),
-            lsn(),
-            1u32..100,
-            node_set(),
-            durability(),
-            any::<u32>(),
-            any::<u64>(),
-            node_id()
-        )
-            .prop_map(
-                |(log, first, count, node_set, durability, lng, timestamp_ms, sequencer)| {
-                    let replication = node_set.len().min(3) as u8;
-                    ClientResponse::Granted(Grant {
-                        log,
-                        first,
-                        count,
-                        node_set,
-                        replication,
-                        durability,
-                        lng: Esn(lng),
-                        timestamp_ms,
-                        sequencer,
-                    })
-                }
-            ),
+        grant().prop_map(ClientResponse::Granted),
         node_id().prop_map(|owner| ClientResponse::Redirect { owner }),
         Just(ClientResponse::SeqNoBufs),
         any::<u32>().prop_map(|s| ClientResponse::Preempted { seal: Epoch(s) }),

@@ -1,0 +1,440 @@
+//! Requests to one node, batched across logs while the node is busy: STOREs to a storage
+//! node ([`Stores`]).
+//!
+//! Coalescing (`append.rs`) batches the appends of *one* log. With many logs each holding a
+//! few appends in flight, it finds little to batch, and every batch pays its own STORE to
+//! each of its R storage nodes: a QUIC stream, a frame, a server task, a LogsDB request. So
+//! the client keeps at most [`Kind::SLOTS`] requests of a kind in flight per node; one that
+//! finds them all busy waits, and when a request ends everything waiting for that node goes
+//! out together as one `StoreMany` (bounded in items, in records by one full batch and in
+//! bytes by one frame). There is no timer: a
+//! request to a node with a free slot goes at once, alone, so an idle or lightly loaded
+//! client is not slowed down; batching grows with the load, like group commit.
+//!
+//! Each item keeps its own answer (the node answers every item of a combined request as if
+//! it came alone) and its own deadline: an item whose caller gave up is dropped before it is
+//! sent, and a caller stops waiting at its deadline.
+//!
+//! Only for requests of one cost: `Sequence`s were batched this way too and were taken back
+//! out, because one that activates a log (an epoch-store round trip, seconds on a loaded
+//! store) holds its slot, and the asks for running logs queued behind it until their request
+//! timeout made the client take a slow-but-live owner's logs over
+//! (`ownership::a_slow_owner_is_not_taken_over_and_fresh_logs_activate_once`). STOREs to one
+//! node all cost about one write on the same disk.
+
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tally_common::limits::{FRAME_OVERHEAD_BYTES, Limits};
+use tally_common::transport::{ClientProtocol, Connector, TransportError};
+use tally_common::wire::StoreBatch;
+use tally_common::wire::client::{ClientRequest, ClientResponse, MAX_STORE_BATCHES, StoreAnswer};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::appender::RECORD_OVERHEAD_BYTES;
+
+/// A kind of request that can be combined.
+pub(crate) trait Kind: Send + Sync + 'static {
+    type Item: Send + std::fmt::Debug + 'static;
+    /// Requests one client keeps in flight per node before items wait to go out together.
+    const SLOTS: usize;
+    /// Most items in one combined request.
+    const MAX_ITEMS: usize;
+    /// The request of one item alone.
+    fn single(item: Self::Item) -> ClientRequest;
+    /// The request of several.
+    fn many(items: Vec<Self::Item>) -> ClientRequest;
+    /// The answer to `many` of `n` items as the `n` answers `single` would have had, in
+    /// order; `Err` with the answer itself when it is not one (an error for the request).
+    fn split(answer: ClientResponse, n: usize) -> Result<Vec<ClientResponse>, ClientResponse>;
+    /// Records and bytes the item adds to a combined request.
+    fn size(item: &Self::Item) -> (usize, usize);
+}
+
+/// STORE batches to a storage node. A few in flight, so a node's writer threads and group
+/// commit stay busy; more only makes the requests smaller.
+#[derive(Debug)]
+pub(crate) struct Stores;
+
+impl Kind for Stores {
+    type Item = StoreBatch;
+    const SLOTS: usize = 4;
+    const MAX_ITEMS: usize = MAX_STORE_BATCHES;
+    fn single(item: StoreBatch) -> ClientRequest {
+        ClientRequest::Store(item)
+    }
+    fn many(items: Vec<StoreBatch>) -> ClientRequest {
+        ClientRequest::StoreMany(items)
+    }
+    fn split(answer: ClientResponse, n: usize) -> Result<Vec<ClientResponse>, ClientResponse> {
+        match answer {
+            ClientResponse::StoreResults(answers) if answers.len() == n => Ok(answers
+                .into_iter()
+                .map(|a| match a {
+                    StoreAnswer::Status(s) => ClientResponse::StoreResult(s),
+                    StoreAnswer::Error(e) => ClientResponse::Error(e),
+                })
+                .collect()),
+            other => Err(other),
+        }
+    }
+    fn size(item: &StoreBatch) -> (usize, usize) {
+        let n = item.records.len();
+        (n, item.payload_bytes() + (n + 1) * RECORD_OVERHEAD_BYTES)
+    }
+}
+
+/// What one item's caller gets: the node's answer as if the item had gone alone.
+type Reply = Result<ClientResponse, TransportError>;
+
+#[derive(Debug)]
+struct Waiting<T> {
+    item: T,
+    deadline: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// One node's requests in flight and the items waiting for a slot.
+#[derive(Debug)]
+struct NodeQueue<T> {
+    in_flight: usize,
+    waiting: VecDeque<Waiting<T>>,
+}
+
+impl<T> Default for NodeQueue<T> {
+    fn default() -> Self {
+        NodeQueue {
+            in_flight: 0,
+            waiting: VecDeque::new(),
+        }
+    }
+}
+
+/// The requests of kind `K` of one client, per node. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Mux<K: Kind> {
+    connector: Arc<Connector<ClientProtocol>>,
+    tracker: TaskTracker,
+    nodes: Mutex<HashMap<SocketAddr, NodeQueue<K::Item>>>,
+    _kind: PhantomData<K>,
+}
+
+/// Frees a slot of `addr` when dropped (the call ended, or its caller gave up), handing it to
+/// the items waiting, if any.
+struct Slot<'a, K: Kind> {
+    mux: &'a Arc<Mux<K>>,
+    addr: SocketAddr,
+}
+
+impl<K: Kind> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        self.mux.release(self.addr);
+    }
+}
+
+impl<K: Kind> Mux<K> {
+    pub(crate) fn new(connector: Arc<Connector<ClientProtocol>>, tracker: TaskTracker) -> Self {
+        Mux {
+            connector,
+            tracker,
+            nodes: Mutex::new(HashMap::new()),
+            _kind: PhantomData,
+        }
+    }
+
+    /// Items waiting for a free slot, over every node (diagnostics and tests).
+    pub(crate) fn waiting(&self) -> usize {
+        self.nodes().values().map(|q| q.waiting.len()).sum()
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, NodeQueue<K::Item>>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn call(&self, addr: SocketAddr, req: &ClientRequest, timeout: Duration) -> Reply {
+        self.connector.call(addr, req, timeout).await
+    }
+
+    /// Sends `item` to the node at `addr` within `timeout`: alone if the node has a free
+    /// slot, else with the other items waiting for it. The answer is what the request of
+    /// `item` alone would have been answered.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        item: K::Item,
+        timeout: Duration,
+    ) -> Reply {
+        let deadline = Instant::now() + timeout;
+        // Ok: a slot is ours, send now; Err: wait for the item's answer.
+        let turn = {
+            let mut nodes = self.nodes();
+            let queue = nodes.entry(addr).or_default();
+            if queue.in_flight < K::SLOTS {
+                queue.in_flight += 1;
+                Ok(item)
+            } else {
+                let (reply, rx) = oneshot::channel();
+                queue.waiting.push_back(Waiting {
+                    item,
+                    deadline,
+                    reply,
+                });
+                Err(rx)
+            }
+        };
+        let item = match turn {
+            Ok(item) => item,
+            Err(rx) => {
+                return match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(reply)) => reply,
+                    // Dropped unsent at its deadline (or the runtime is going away).
+                    Ok(Err(_)) | Err(_) => Err(TransportError::Timeout(timeout)),
+                };
+            }
+        };
+        let _slot = Slot { mux: self, addr };
+        let answer = self.call(addr, &K::single(item), timeout).await;
+        if let Err(e) = &answer {
+            self.fail_waiting(addr, e);
+        }
+        answer
+    }
+
+    /// The node at `addr` is unreachable or silent (`e`): the items waiting for it fail the
+    /// same way now instead of each waiting for its own turn to find out (the appender moves
+    /// them to other nodes after one failed request, not one per queued request).
+    fn fail_waiting(&self, addr: SocketAddr, e: &TransportError) {
+        if !matches!(
+            e,
+            TransportError::Connect { .. } | TransportError::PeerSilent(_)
+        ) {
+            return;
+        }
+        let waiting = match self.nodes().get_mut(&addr) {
+            Some(queue) => std::mem::take(&mut queue.waiting),
+            None => return,
+        };
+        for w in waiting {
+            let _ = w.reply.send(Err(same_error(e)));
+        }
+    }
+
+    /// A request to `addr` ended: hand its slot to the items waiting (sent together, by a
+    /// task), or free it.
+    fn release(self: &Arc<Self>, addr: SocketAddr) {
+        let group = {
+            let mut nodes = self.nodes();
+            let Some(queue) = nodes.get_mut(&addr) else {
+                return;
+            };
+            let group = take_group::<K>(&mut queue.waiting, self.connector.limits());
+            if group.is_empty() {
+                queue.in_flight = queue.in_flight.saturating_sub(1);
+                if queue.in_flight == 0 && queue.waiting.is_empty() {
+                    nodes.remove(&addr);
+                }
+                return;
+            }
+            group
+        };
+        let mux = self.clone();
+        self.tracker.spawn(async move {
+            let _slot = Slot { mux: &mux, addr };
+            mux.send_group(addr, group).await;
+        });
+    }
+
+    /// Sends `group` as one request and hands each item its answer.
+    async fn send_group(&self, addr: SocketAddr, group: Vec<Waiting<K::Item>>) {
+        let now = Instant::now();
+        let until = group.iter().map(|w| w.deadline).max().unwrap_or(now);
+        let timeout = until
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        let (items, replies): (Vec<K::Item>, Vec<oneshot::Sender<Reply>>) =
+            group.into_iter().map(|w| (w.item, w.reply)).unzip();
+        if items.len() == 1 {
+            let item = items.into_iter().next().expect("one item");
+            let answer = self.call(addr, &K::single(item), timeout).await;
+            if let Err(e) = &answer {
+                self.fail_waiting(addr, e);
+            }
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(answer);
+            }
+            return;
+        }
+        let sent = items.len();
+        match self.call(addr, &K::many(items), timeout).await {
+            Ok(answer) => match K::split(answer, sent) {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(other) => {
+                    if !matches!(other, ClientResponse::Error(_)) {
+                        tracing::warn!(%addr, answer = ?other, sent, "unexpected answer to a combined request");
+                    }
+                    for reply in replies {
+                        let _ = reply.send(Ok(other.clone()));
+                    }
+                }
+            },
+            Err(e) => {
+                self.fail_waiting(addr, &e);
+                for reply in replies {
+                    let _ = reply.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The items to send together from the front of `waiting`: skipping those whose caller gave
+/// up, at most `K::MAX_ITEMS`, the records of one full batch and one frame (the first item
+/// always: it was valid alone).
+fn take_group<K: Kind>(
+    waiting: &mut VecDeque<Waiting<K::Item>>,
+    limits: &Limits,
+) -> Vec<Waiting<K::Item>> {
+    let max_records = limits.max_records_per_batch as usize;
+    let max_bytes = limits.max_frame_bytes.saturating_sub(FRAME_OVERHEAD_BYTES);
+    let (mut records, mut bytes) = (0usize, 0usize);
+    let mut group = Vec::new();
+    let now = Instant::now();
+    while let Some(next) = waiting.front() {
+        if next.reply.is_closed() || next.deadline <= now {
+            waiting.pop_front();
+            continue;
+        }
+        let (n, b) = K::size(&next.item);
+        if !group.is_empty()
+            && (group.len() == K::MAX_ITEMS || records + n > max_records || bytes + b > max_bytes)
+        {
+            break;
+        }
+        records += n;
+        bytes += b;
+        group.extend(waiting.pop_front());
+    }
+    group
+}
+
+/// An equivalent of `e` for another item of the same request: the same kind where the
+/// caller tells kinds apart (timeouts, silence, connecting, remote errors), else a lost
+/// connection, which is at least as cautious ("may have been applied").
+fn same_error(e: &TransportError) -> TransportError {
+    match e {
+        TransportError::Connect { addr, detail } => TransportError::Connect {
+            addr: *addr,
+            detail: detail.clone(),
+        },
+        TransportError::Timeout(d) => TransportError::Timeout(*d),
+        TransportError::PeerSilent(d) => TransportError::PeerSilent(*d),
+        TransportError::Remote(r) => TransportError::Remote(r.clone()),
+        TransportError::NoAnswer => TransportError::NoAnswer,
+        TransportError::Shutdown => TransportError::Shutdown,
+        other => TransportError::ConnectionLost(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_common::limits::Limits;
+    use tally_common::wire::StoreRecord;
+    use tally_common::{Copyset, Durability, Epoch, Esn, LogId, Lsn, NodeId, RecordFlags};
+
+    fn batch(log: u64, records: u32, payload: usize) -> StoreBatch {
+        StoreBatch {
+            log: LogId(log),
+            copyset: Copyset::new(vec![NodeId(1)]).expect("copyset"),
+            wave_or_seal: 1,
+            flags: RecordFlags::NONE,
+            durability: Durability::Durable,
+            lng: Esn(0),
+            records: (1..=records)
+                .map(|i| StoreRecord {
+                    lsn: Lsn::new(Epoch(1), Esn(i)),
+                    timestamp_ms: 0,
+                    payload_crc32: 0,
+                    payload: vec![0; payload],
+                })
+                .collect(),
+        }
+    }
+
+    fn waiting(b: StoreBatch) -> (Waiting<StoreBatch>, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        let w = Waiting {
+            item: b,
+            deadline: Instant::now() + Duration::from_secs(60),
+            reply,
+        };
+        (w, rx)
+    }
+
+    #[tokio::test]
+    async fn a_group_is_bounded_by_records_and_bytes_and_skips_abandoned_batches() {
+        let limits = Limits {
+            max_records_per_batch: 10,
+            // Room for 100 KiB of batches besides the frame's own overhead.
+            max_frame_bytes: FRAME_OVERHEAD_BYTES + 100 * 1024,
+            ..Limits::default()
+        };
+        let mut queue = VecDeque::new();
+        let mut keep = Vec::new();
+        // An abandoned batch (its caller dropped the receiver) is skipped.
+        let (w, rx) = waiting(batch(1, 4, 10));
+        drop(rx);
+        queue.push_back(w);
+        for log in 2..=5 {
+            let (w, rx) = waiting(batch(log, 4, 10));
+            queue.push_back(w);
+            keep.push(rx);
+        }
+        // 4 + 4 records fit in 10, a third batch does not.
+        let group = take_group::<Stores>(&mut queue, &limits);
+        let logs: Vec<u64> = group.iter().map(|w| w.item.log.0).collect();
+        assert_eq!(logs, [2, 3]);
+        assert_eq!(queue.len(), 2);
+        // Bytes: two batches of 60 KiB do not fit in one frame's room; each goes alone.
+        let mut queue = VecDeque::new();
+        let (w, _a) = waiting(batch(7, 1, 60 * 1024));
+        queue.push_back(w);
+        let (w, _b) = waiting(batch(8, 1, 60 * 1024));
+        queue.push_back(w);
+        assert_eq!(take_group::<Stores>(&mut queue, &limits).len(), 1);
+        assert_eq!(take_group::<Stores>(&mut queue, &limits).len(), 1);
+        assert!(take_group::<Stores>(&mut queue, &limits).is_empty());
+    }
+
+    #[test]
+    fn a_shared_error_keeps_what_the_caller_decides_on() {
+        let cases = [
+            TransportError::Timeout(Duration::from_secs(1)),
+            TransportError::PeerSilent(Duration::from_secs(1)),
+            TransportError::NoAnswer,
+            TransportError::ConnectionLost("x".into()),
+            TransportError::FrameTooLarge { len: 1, max: 0 },
+        ];
+        for e in cases {
+            let copy = same_error(&e);
+            assert!(
+                !e.may_have_been_applied() || copy.may_have_been_applied(),
+                "{e}"
+            );
+            assert_eq!(
+                std::mem::discriminant(&copy) == std::mem::discriminant(&e),
+                !matches!(e, TransportError::FrameTooLarge { .. }),
+                "{e}"
+            );
+        }
+    }
+}
