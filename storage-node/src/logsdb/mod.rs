@@ -11,6 +11,7 @@
 //! - `error`: [`LogsDbError`].
 //! - `keys`: key layouts of the partition and `meta` column families (persisted).
 //! - `value`: the stored record value and copyset-index value (persisted, versioned).
+//! - `value_pool`: record-value buffers recycled from the writer threads to the callers.
 //! - `merge`: the precedence merge of several writes to one LSN.
 //! - `log_meta`: [`LogMeta`], the per-log metadata, and the preemption rule.
 //! - `directory`: the partition list and the (log, partition) directory.
@@ -44,6 +45,9 @@ mod sharding_tests;
 mod shared;
 mod store;
 mod value;
+mod value_pool;
+#[cfg(test)]
+mod write_path_tests;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};

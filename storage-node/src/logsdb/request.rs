@@ -12,14 +12,15 @@ use super::directory::PartitionId;
 use super::error::LogsDbError;
 use super::retention::RetentionReport;
 
-/// A record ready for the writer: its header, its value and its copyset-index value already
-/// encoded (by the caller's thread, so the writer thread only merges and writes; the index
-/// value is re-encoded only when a merge changes the metadata).
+/// A record ready for the writer: its header and its value already encoded and checksummed
+/// (by the caller's thread, so the writer thread only merges and writes). The copyset-index
+/// value is encoded by the writer from the header of the copy it writes (merged or not),
+/// into a buffer it reuses: a separate small allocation per record, made on the caller's
+/// thread and freed on the writer's, cost more than the encoding.
 #[derive(Debug)]
 pub(crate) struct PreparedRecord {
     pub header: RecordHeader,
     pub value: Vec<u8>,
-    pub csi: Vec<u8>,
 }
 
 #[derive(Debug)]

@@ -19,6 +19,7 @@ use super::error::LogsDbError;
 use super::log_meta::LogMeta;
 use super::notify::LogWatchers;
 use super::request::{OpResult, Reply};
+use super::value_pool::ValuePool;
 
 pub(crate) const META_CF: &str = "meta";
 /// What readers see: the directory and per-log metadata as of the last commit.
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub stats: Counters,
     /// Tailing readers waiting for a log's release or trim point to move.
     pub watchers: Arc<LogWatchers>,
+    /// Record-value buffers the writers hand back after a commit, for callers to encode into.
+    pub values: ValuePool,
 }
 
 /// Write-path counters, for metrics and benchmarks.
@@ -136,9 +139,8 @@ pub(crate) fn run_syncer(shared: Arc<Shared>, rx: Receiver<Vec<Pending>>) {
                     .stats
                     .synced_replies
                     .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                for (reply, result) in pending {
-                    let _ = reply.send(Ok(result));
-                }
+                // Newest first, for the reason given at `writer::send_replies`.
+                super::writer::send_replies(pending);
             }
             Err(msg) => {
                 shared.fail(msg.clone());

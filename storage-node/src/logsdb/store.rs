@@ -34,6 +34,7 @@ use super::request::{
 use super::retention::RetentionReport;
 use super::shared::{META_CF, Shared, View, WriteStats, run_syncer, sync_write_opts};
 use super::value::{self, LogRecord};
+use super::value_pool::ValuePool;
 use super::writer::{Writer, Writers};
 
 const SCHEMA_VERSION: u32 = 1;
@@ -178,6 +179,7 @@ impl LogsDb {
             partition_opts,
             stats: Default::default(),
             watchers: Default::default(),
+            values: Default::default(),
         });
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
         let shards = config.writer_threads;
@@ -225,6 +227,12 @@ impl LogsDb {
         self.shared.stats.snapshot()
     }
 
+    /// Bytes of record-value buffers waiting in the pool for reuse (tests).
+    #[cfg(test)]
+    pub(crate) fn pooled_value_bytes(&self) -> usize {
+        self.shared.values.held_bytes()
+    }
+
     /// Stops the writers after the queued writes, syncs the WAL and records a clean shutdown.
     pub fn close(mut self) -> Result<(), LogsDbError> {
         self.shutdown()
@@ -258,52 +266,12 @@ impl LogsDb {
                 max: config.max_records_per_write,
             });
         }
-        let mut prepared = Vec::with_capacity(records.len());
-        for r in records {
-            let h = &r.header;
-            let (log, lsn) = (h.log, h.lsn);
-            let invalid = |reason| LogsDbError::InvalidRecord { log, lsn, reason };
-            if log == LogId::INVALID {
-                return Err(invalid("log id 0"));
-            }
-            if !lsn.epoch().is_valid() || lsn.esn() == Esn::INVALID {
-                return Err(invalid("LSN with invalid epoch or ESN 0"));
-            }
-            if !h.flags.is_known() {
-                return Err(invalid("unknown flag bits"));
-            }
-            if r.payload.len() > config.max_payload_bytes {
-                return Err(LogsDbError::PayloadTooLarge {
-                    len: r.payload.len(),
-                    max: config.max_payload_bytes,
-                });
-            }
-            h.copyset
-                .validate()
-                .map_err(|source| LogsDbError::Copyset { log, lsn, source })?;
-            // One pass over the payload: its crc32 both verifies the client's checksum and
-            // seeds the value checksum.
-            let crc = payload_crc32(&r.payload);
-            if h.flags.contains(RecordFlags::AMEND) {
-                if !r.payload.is_empty() {
-                    return Err(invalid("an amendment carries no payload"));
-                }
-            } else if crc != h.payload_crc32 {
-                let source = ChecksumMismatch {
-                    expected: h.payload_crc32,
-                    actual: crc,
-                };
-                return Err(LogsDbError::PayloadChecksum { log, lsn, source });
-            }
-            let value = value::encode_new_with_crc(&r, crc);
-            let csi = value::encode_csi(&r.header);
-            prepared.push(PreparedRecord {
-                header: r.header,
-                value,
-                csi,
-            });
-        }
-        Ok(prepared)
+        // A `LogRecord` and a `PreparedRecord` have the same layout, so this collects into
+        // the caller's vector instead of allocating another one per store.
+        records
+            .into_iter()
+            .map(|r| prepare_one(config, &self.shared.values, r))
+            .collect()
     }
 
     fn request(
@@ -736,6 +704,55 @@ impl LogsDb {
         logs.dedup();
         logs
     }
+}
+
+/// Validates and encodes one record (see [`LogsDb::prepare`]), into a buffer from `values`.
+fn prepare_one(
+    config: &LogsDbConfig,
+    values: &ValuePool,
+    r: LogRecord,
+) -> Result<PreparedRecord, LogsDbError> {
+    let h = &r.header;
+    let (log, lsn) = (h.log, h.lsn);
+    let invalid = |reason| LogsDbError::InvalidRecord { log, lsn, reason };
+    if log == LogId::INVALID {
+        return Err(invalid("log id 0"));
+    }
+    if !lsn.epoch().is_valid() || lsn.esn() == Esn::INVALID {
+        return Err(invalid("LSN with invalid epoch or ESN 0"));
+    }
+    if !h.flags.is_known() {
+        return Err(invalid("unknown flag bits"));
+    }
+    if r.payload.len() > config.max_payload_bytes {
+        return Err(LogsDbError::PayloadTooLarge {
+            len: r.payload.len(),
+            max: config.max_payload_bytes,
+        });
+    }
+    h.copyset
+        .validate()
+        .map_err(|source| LogsDbError::Copyset { log, lsn, source })?;
+    // One pass over the payload: its crc32 both verifies the client's checksum and seeds the
+    // value checksum.
+    let crc = payload_crc32(&r.payload);
+    if h.flags.contains(RecordFlags::AMEND) {
+        if !r.payload.is_empty() {
+            return Err(invalid("an amendment carries no payload"));
+        }
+    } else if crc != h.payload_crc32 {
+        let source = ChecksumMismatch {
+            expected: h.payload_crc32,
+            actual: crc,
+        };
+        return Err(LogsDbError::PayloadChecksum { log, lsn, source });
+    }
+    let buf = values.take(value::encoded_len(h.copyset.nodes().len(), r.payload.len()));
+    let value = value::encode_new_with_crc(&r, crc, buf);
+    Ok(PreparedRecord {
+        header: r.header,
+        value,
+    })
 }
 
 impl Drop for LogsDb {

@@ -97,13 +97,15 @@ pub(crate) fn encoded_len(copyset_len: usize, payload_len: usize) -> usize {
 /// amendment, which carries no payload).
 #[cfg(test)]
 pub(crate) fn encode_new(record: &LogRecord) -> Vec<u8> {
-    encode_new_with_crc(record, crc32fast::hash(&record.payload))
+    encode_new_with_crc(record, crc32fast::hash(&record.payload), Vec::new())
 }
 
-/// [`encode_new`] for a caller that already computed the crc32 of the payload (verifying the
-/// client's checksum): the value checksum then extends it instead of reading the payload
-/// again (crc32 composes: `crc(a ‖ b)` follows from `crc(a)`, `crc(b)` and `len(b)`).
-pub(crate) fn encode_new_with_crc(record: &LogRecord, payload_crc: u32) -> Vec<u8> {
+/// `encode_new` (tests) for a caller that already computed the crc32 of the payload
+/// (verifying the client's checksum): the value checksum then extends it instead of reading
+/// the payload again (crc32 composes: `crc(a ‖ b)` follows from `crc(a)`, `crc(b)` and
+/// `len(b)`). The value is encoded into `out` (whatever it held is discarded; its allocation
+/// is reused).
+pub(crate) fn encode_new_with_crc(record: &LogRecord, payload_crc: u32, out: Vec<u8>) -> Vec<u8> {
     let h = &record.header;
     let amend = h.flags.contains(RecordFlags::AMEND);
     let by_recovery = h.flags.contains(RecordFlags::WRITTEN_BY_RECOVERY);
@@ -118,6 +120,7 @@ pub(crate) fn encode_new_with_crc(record: &LogRecord, payload_crc: u32) -> Vec<u
         if amend { 0 } else { h.wave_or_seal },
         &record.payload,
         Some(payload_crc),
+        out,
     )
 }
 
@@ -135,6 +138,7 @@ pub(crate) fn encode(v: &StoredValue) -> Vec<u8> {
         v.payload_wave_or_seal,
         &v.record.payload,
         None,
+        Vec::new(),
     )
 }
 
@@ -144,9 +148,11 @@ fn encode_parts(
     payload_wave: u32,
     payload: &[u8],
     payload_crc: Option<u32>,
+    mut out: Vec<u8>,
 ) -> Vec<u8> {
     let nodes = h.copyset.nodes();
-    let mut out = Vec::with_capacity(encoded_len(nodes.len(), payload.len()));
+    out.clear();
+    out.reserve(encoded_len(nodes.len(), payload.len()));
     out.push(VALUE_V1);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&h.timestamp_ms.to_be_bytes());
@@ -270,10 +276,23 @@ pub(crate) fn decode(log: LogId, lsn: Lsn, b: &[u8]) -> Result<StoredValue, Corr
     })
 }
 
+/// Encoded size of a copyset-index value with `copyset_len` nodes.
+pub(crate) fn csi_encoded_len(copyset_len: usize) -> usize {
+    CSI_FIXED_LEN + 4 * copyset_len
+}
+
 /// Encodes the copyset-index entry of a record (its merged metadata).
 pub(crate) fn encode_csi(h: &RecordHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(csi_encoded_len(h.copyset.nodes().len()));
+    encode_csi_into(h, &mut out);
+    out
+}
+
+/// [`encode_csi`] into `out` (cleared first): the writer threads encode every index entry of
+/// a group commit into one reused buffer, so an index entry costs no allocation of its own.
+pub(crate) fn encode_csi_into(h: &RecordHeader, out: &mut Vec<u8>) {
     let nodes = h.copyset.nodes();
-    let mut out = Vec::with_capacity(CSI_FIXED_LEN + 4 * nodes.len());
+    out.clear();
     out.push(CSI_V1);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&h.wave_or_seal.to_be_bytes());
@@ -284,7 +303,6 @@ pub(crate) fn encode_csi(h: &RecordHeader) -> Vec<u8> {
     }
     let crc = checksum(h.log, h.lsn, &out[5..]);
     out[1..5].copy_from_slice(&crc.to_be_bytes());
-    out
 }
 
 /// Decodes a copyset-index value: `(wave_or_seal, flags, copyset)`.
@@ -343,9 +361,18 @@ pub(crate) mod tests {
             prop_assert_eq!(&v.record, &r);
             prop_assert_eq!(v.payload_precedence(), Some(r.header.precedence()));
             prop_assert_eq!(encode(&v), encode_new(&r));
-            prop_assert_eq!(encode_new_with_crc(&r, crc32fast::hash(&payload)), encode_new(&r));
-            let (w, f, c) = decode_csi(LogId(log), Lsn(lsn), &encode_csi(&r.header)).unwrap();
+            prop_assert_eq!(encode_new_with_crc(&r, crc32fast::hash(&payload), Vec::new()), encode_new(&r));
+            // Encoding into a reused buffer gives the same bytes, whatever it held before.
+            let reused = encode_new_with_crc(&r, crc32fast::hash(&payload), vec![0xAB; 77]);
+            prop_assert_eq!(reused, encode_new(&r));
+            let csi = encode_csi(&r.header);
+            prop_assert_eq!(csi.len(), csi_encoded_len(r.header.copyset.nodes().len()));
+            let (w, f, c) = decode_csi(LogId(log), Lsn(lsn), &csi).unwrap();
             prop_assert_eq!((w, f, &c), (wave, flags, &r.header.copyset));
+            // Encoding into a reused buffer gives the same bytes, whatever it held before.
+            let mut reused = payload.clone();
+            encode_csi_into(&r.header, &mut reused);
+            prop_assert_eq!(&reused, &csi);
         }
 
         #[test]
