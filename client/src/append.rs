@@ -599,7 +599,9 @@ async fn report_preempted(shared: &Arc<Shared>, grant: &Grant, seal: Epoch) {
     }
 }
 
-/// Tells the sequencer in the background that `lsns` are stored on `copyset`.
+/// Tells the sequencer in the background that `lsns` are stored on `copyset` (batched with
+/// other reports to it while it is busy: `mux::Reports`). A lost report is settled by the
+/// sequencer's own paths (abandoned LSNs, recovery), so failures are only logged.
 fn report_stored(
     shared: &Arc<Shared>,
     grant: &Grant,
@@ -615,16 +617,6 @@ fn report_stored(
         wave,
     };
     let sequencer = grant.sequencer;
-    // An address that is an IP address needs no lookup, so no task.
-    let known = shared
-        .cluster
-        .current()
-        .node(sequencer)
-        .map(|n| n.address.parse());
-    if let Some(Ok(addr)) = known {
-        shared.reports.send(addr, report);
-        return;
-    }
     let shared = shared.clone();
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -632,6 +624,10 @@ fn report_stored(
             tracing::debug!(%sequencer, "sequencer not in the cluster view; report dropped");
             return;
         };
-        shared.reports.send(addr, report);
+        let timeout = shared.config.report_timeout;
+        match shared.reports.send(addr, report, timeout).await {
+            Ok(ClientResponse::Ack) => {}
+            other => tracing::debug!(%sequencer, answer = ?other, "report not applied"),
+        }
     });
 }

@@ -28,7 +28,7 @@ use crate::cluster::{ClusterError, ClusterState, ClusterView};
 use crate::config::{ClientConfig, ConfigError};
 use crate::error::AppendError;
 use crate::graylist::Graylist;
-use crate::mux::{Mux, Stores};
+use crate::mux::{Mux, Reports, Stores};
 use crate::suspects::{Suspects, Takeovers, Verdict};
 
 /// Why [`Client::connect`] failed.
@@ -56,7 +56,7 @@ pub(crate) struct Shared {
     /// STOREs per storage node, batched across logs while a node is busy.
     pub(crate) stores: Arc<Mux<Stores>>,
     /// Completion reports per sequencer, batched while one is on its way.
-    pub(crate) reports: Arc<crate::reports::Reports>,
+    pub(crate) reports: Arc<Mux<Reports>>,
     pub(crate) cluster: ClusterView,
     graylist: Mutex<Graylist>,
     /// Running average of STORE round trips: the first wave's timeout follows it.
@@ -237,11 +237,7 @@ impl Client {
         .await?;
         let tracker = TaskTracker::new();
         let stores = Arc::new(Mux::new(connector.clone(), tracker.clone()));
-        let reports = Arc::new(crate::reports::Reports::new(
-            connector.clone(),
-            tracker.clone(),
-            config.report_timeout,
-        ));
+        let reports = Arc::new(Mux::new(connector.clone(), tracker.clone()));
         let shared = Arc::new(Shared {
             stores,
             reports,

@@ -45,7 +45,6 @@ mod mux;
 pub mod placement;
 pub mod read;
 pub mod reader;
-mod reports;
 mod sequence;
 mod suspects;
 

@@ -1,13 +1,13 @@
 //! Requests to one node, batched across logs while the node is busy: STOREs to a storage
-//! node ([`Stores`]).
+//! node ([`Stores`]) and completion reports to a sequencer ([`Reports`]).
 //!
 //! Coalescing (`append.rs`) batches the appends of *one* log. With many logs each holding a
 //! few appends in flight, it finds little to batch, and every batch pays its own STORE to
-//! each of its R storage nodes: a QUIC stream, a frame, a server task, a LogsDB request. So
-//! the client keeps at most [`Kind::SLOTS`] requests of a kind in flight per node; one that
-//! finds them all busy waits, and when a request ends everything waiting for that node goes
-//! out together as one `StoreMany` (bounded in items, in records by one full batch and in
-//! bytes by one frame). There is no timer: a
+//! each of its R storage nodes (a QUIC stream, a frame, a server task, a LogsDB request) and
+//! its own report. So the client keeps at most [`Kind::SLOTS`] requests of a kind in flight
+//! per node; one that finds them all busy waits, and when a request ends everything waiting
+//! for that node goes out together as one `StoreMany` / `ReportStoredMany` (bounded in items,
+//! in records by one full batch and in bytes by one frame). There is no timer: a
 //! request to a node with a free slot goes at once, alone, so an idle or lightly loaded
 //! client is not slowed down; batching grows with the load, like group commit.
 //!
@@ -31,7 +31,9 @@ use std::time::Duration;
 use tally_common::limits::{FRAME_OVERHEAD_BYTES, Limits};
 use tally_common::transport::{ClientProtocol, Connector, TransportError};
 use tally_common::wire::StoreBatch;
-use tally_common::wire::client::{ClientRequest, ClientResponse, MAX_STORE_BATCHES, StoreAnswer};
+use tally_common::wire::client::{
+    ClientRequest, ClientResponse, MAX_REPORTS, MAX_STORE_BATCHES, StoreAnswer, StoredReport,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -86,6 +88,40 @@ impl Kind for Stores {
     fn size(item: &StoreBatch) -> (usize, usize) {
         let n = item.records.len();
         (n, item.payload_bytes() + (n + 1) * RECORD_OVERHEAD_BYTES)
+    }
+}
+
+/// Completion reports (`ReportStored`) to a sequencer, sent in the background after an
+/// append returned. Two in flight: a report advances the sequencer's release point, so it
+/// should not wait long, but most of them can share a request under load.
+#[derive(Debug)]
+pub(crate) struct Reports;
+
+impl Kind for Reports {
+    type Item = StoredReport;
+    const SLOTS: usize = 2;
+    const MAX_ITEMS: usize = MAX_REPORTS;
+    fn single(r: StoredReport) -> ClientRequest {
+        ClientRequest::ReportStored {
+            log: r.log,
+            first: r.first,
+            count: r.count,
+            copyset: r.copyset,
+            wave: r.wave,
+        }
+    }
+    fn many(items: Vec<StoredReport>) -> ClientRequest {
+        ClientRequest::ReportStoredMany(items)
+    }
+    fn split(answer: ClientResponse, n: usize) -> Result<Vec<ClientResponse>, ClientResponse> {
+        match answer {
+            // One `Ack` for all: reports are advisory.
+            ClientResponse::Ack => Ok(vec![ClientResponse::Ack; n]),
+            other => Err(other),
+        }
+    }
+    fn size(_: &StoredReport) -> (usize, usize) {
+        (0, 64)
     }
 }
 
@@ -156,10 +192,6 @@ impl<K: Kind> Mux<K> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn call(&self, addr: SocketAddr, req: &ClientRequest, timeout: Duration) -> Reply {
-        self.connector.call(addr, req, timeout).await
-    }
-
     /// Sends `item` to the node at `addr` within `timeout`: alone if the node has a free
     /// slot, else with the other items waiting for it. The answer is what the request of
     /// `item` alone would have been answered.
@@ -198,7 +230,12 @@ impl<K: Kind> Mux<K> {
             }
         };
         let _slot = Slot { mux: self, addr };
-        let answer = self.call(addr, &K::single(item), timeout).await;
+        self.send_one(addr, item, timeout).await
+    }
+
+    /// Sends `item` alone on a slot already held.
+    async fn send_one(&self, addr: SocketAddr, item: K::Item, timeout: Duration) -> Reply {
+        let answer = self.connector.call(addr, &K::single(item), timeout).await;
         if let Err(e) = &answer {
             self.fail_waiting(addr, e);
         }
@@ -259,18 +296,15 @@ impl<K: Kind> Mux<K> {
         let (items, replies): (Vec<K::Item>, Vec<oneshot::Sender<Reply>>) =
             group.into_iter().map(|w| (w.item, w.reply)).unzip();
         if items.len() == 1 {
-            let item = items.into_iter().next().expect("one item");
-            let answer = self.call(addr, &K::single(item), timeout).await;
-            if let Err(e) = &answer {
-                self.fail_waiting(addr, e);
-            }
-            if let Some(reply) = replies.into_iter().next() {
-                let _ = reply.send(answer);
+            if let (Some(item), Some(reply)) =
+                (items.into_iter().next(), replies.into_iter().next())
+            {
+                let _ = reply.send(self.send_one(addr, item, timeout).await);
             }
             return;
         }
         let sent = items.len();
-        match self.call(addr, &K::many(items), timeout).await {
+        match self.connector.call(addr, &K::many(items), timeout).await {
             Ok(answer) => match K::split(answer, sent) {
                 Ok(answers) => {
                     for (reply, answer) in replies.into_iter().zip(answers) {

@@ -149,6 +149,21 @@ async fn check_activated_once(cluster: &TestCluster, view: &Members) -> anyhow::
     Ok(())
 }
 
+/// One append to each of `logs`, all at once; every one must succeed.
+async fn append_each(client: &Client, logs: &[LogId], payload: &[u8]) -> anyhow::Result<()> {
+    let mut appends = JoinSet::new();
+    for log in logs.iter().copied() {
+        let client = client.clone();
+        let payload = payload.to_vec();
+        appends.spawn(async move { (log, client.append(log, payload).await) });
+    }
+    while let Some(joined) = appends.join_next().await {
+        let (log, outcome) = joined?;
+        outcome.with_context(|| format!("append to {log}"))?;
+    }
+    Ok(())
+}
+
 /// Waits until every running sequencer's membership view lacks `gone`.
 async fn wait_left(cluster: &TestCluster, gone: NodeId) -> anyhow::Result<()> {
     for id in cluster.sequencer_ids() {
@@ -218,15 +233,7 @@ async fn a_suspect_owner_that_answers_keeps_its_logs() -> anyhow::Result<()> {
         Some(down_incarnation),
         "a restart registers a new incarnation"
     );
-    let mut appends = JoinSet::new();
-    for log in rest.iter().copied() {
-        let client = client.clone();
-        appends.spawn(async move { (log, client.append(log, b"owner back".to_vec()).await) });
-    }
-    while let Some(joined) = appends.join_next().await {
-        let (log, outcome) = joined?;
-        outcome.with_context(|| format!("append to {log}"))?;
-    }
+    append_each(&client, rest, b"owner back").await?;
     assert!(
         client.liveness_checks_sent() >= 1,
         "the restarted owner was believed without a check"
@@ -317,15 +324,7 @@ async fn a_silent_owner_is_taken_over_without_a_check_per_redirect() -> anyhow::
     let lsn = client.append(*first, b"owner gone".to_vec()).await?;
     assert_eq!(lsn.epoch(), Epoch(1));
     // Every other log: the first node asked redirects to the owner, and takes it over.
-    let mut appends = JoinSet::new();
-    for log in rest.iter().copied() {
-        let client = client.clone();
-        appends.spawn(async move { (log, client.append(log, b"owner gone".to_vec()).await) });
-    }
-    while let Some(joined) = appends.join_next().await {
-        let (log, outcome) = joined?;
-        outcome.with_context(|| format!("append to {log}"))?;
-    }
+    append_each(&client, rest, b"owner gone").await?;
     assert_eq!(
         client.liveness_checks_sent(),
         0,

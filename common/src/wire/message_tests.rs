@@ -219,6 +219,24 @@ fn gap_kind() -> impl Strategy<Value = GapKind> {
     ]
 }
 
+fn stored_report() -> impl Strategy<Value = StoredReport> {
+    (
+        log_id(),
+        1u32..=Epoch::MAX.0,
+        1u32..1000,
+        1u32..100,
+        copyset(),
+        any::<u32>(),
+    )
+        .prop_map(|(log, e, n, count, copyset, wave)| StoredReport {
+            log,
+            first: Lsn::new(Epoch(e), Esn(n)),
+            count,
+            copyset,
+            wave,
+        })
+}
+
 fn client_request() -> impl Strategy<Value = ClientRequest> {
     prop_oneof![
         Just(ClientRequest::GetClusterState),
@@ -232,44 +250,16 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
                 no_redirect,
             }
         }),
-        (
-            log_id(),
-            1u32..=Epoch::MAX.0,
-            1u32..1000,
-            1u32..100,
-            copyset(),
-            any::<u32>()
-        )
-            .prop_map(
-                |(log, e, n, count, copyset, wave)| ClientRequest::ReportStored {
-                    log,
-                    first: Lsn::new(Epoch(e), Esn(n)),
-                    count,
-                    copyset,
-                    wave
-                }
-            ),
+        stored_report().prop_map(|r| ClientRequest::ReportStored {
+            log: r.log,
+            first: r.first,
+            count: r.count,
+            copyset: r.copyset,
+            wave: r.wave,
+        }),
         store_batch().prop_map(ClientRequest::Store),
         vec(store_batch(), 1..4).prop_map(ClientRequest::StoreMany),
-        vec(
-            (
-                log_id(),
-                1u32..=Epoch::MAX.0,
-                1u32..1000,
-                1u32..100,
-                copyset(),
-                any::<u32>()
-            )
-                .prop_map(|(log, e, n, count, copyset, wave)| StoredReport {
-                    log,
-                    first: Lsn::new(Epoch(e), Esn(n)),
-                    count,
-                    copyset,
-                    wave
-                }),
-            1..4
-        )
-        .prop_map(ClientRequest::ReportStoredMany),
+        vec(stored_report(), 1..4).prop_map(ClientRequest::ReportStoredMany),
         (log_id(), lsn()).prop_map(|(log, upto)| ClientRequest::Trim { log, upto }),
         (log_id(), any::<u64>(), any::<bool>()).prop_map(|(log, timestamp_ms, strict)| {
             ClientRequest::FindTime {
