@@ -28,6 +28,21 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# QUIC carries all of a node's connections on one UDP socket: let it have 8 MiB of kernel
+# buffer each way (transport/endpoint.rs asks for it; the kernel caps it at these limits, and
+# bursts beyond Linux's 208 KiB default are dropped and retransmitted). Best effort: a
+# container may not allow it, and nodes still work, with more loss under load.
+want=8388608
+for key in net.core.rmem_max net.core.wmem_max; do
+  have=$(sysctl -n "$key" 2>/dev/null || echo "$want")
+  if [ "$have" -lt "$want" ]; then
+    sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo -n); fi
+    "${sudo_cmd[@]}" sysctl -q -w "$key=$want" 2>/dev/null ||
+      echo "setup: could not raise $key to $want (now $have); see docs/OPERATIONS.md" >&2
+  fi
+done
+
 for tool in etcd etcdctl protoc clang fio python3 chromium; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing" >&2; exit 1; }
 done

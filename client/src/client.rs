@@ -28,7 +28,7 @@ use crate::cluster::{ClusterError, ClusterState, ClusterView};
 use crate::config::{ClientConfig, ConfigError};
 use crate::error::AppendError;
 use crate::graylist::Graylist;
-use crate::mux::{Mux, Reports, Stores};
+use crate::mux::{Mux, Reports, Sequences, Stores};
 use crate::suspects::{Suspects, Takeovers, Verdict};
 
 /// Why [`Client::connect`] failed.
@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     pub(crate) connector: Arc<Connector<ClientProtocol>>,
     /// STOREs per storage node, batched across logs while a node is busy.
     pub(crate) stores: Arc<Mux<Stores>>,
+    /// Grant requests per sequencer for logs running there, batched while two are on their
+    /// way.
+    pub(crate) sequences: Arc<Mux<Sequences>>,
     /// Completion reports per sequencer, batched while one is on its way.
     pub(crate) reports: Arc<Mux<Reports>>,
     pub(crate) cluster: ClusterView,
@@ -237,9 +240,15 @@ impl Client {
         .await?;
         let tracker = TaskTracker::new();
         let stores = Arc::new(Mux::new(connector.clone(), tracker.clone()));
+        let sequences = Arc::new(Mux::watched(
+            connector.clone(),
+            tracker.clone(),
+            Some(config.sequencer_silence_timeout),
+        ));
         let reports = Arc::new(Mux::new(connector.clone(), tracker.clone()));
         let shared = Arc::new(Shared {
             stores,
+            sequences,
             reports,
             graylist: Mutex::new(Graylist::new(config.graylist)),
             suspects: Mutex::new(Suspects::default()),
@@ -319,11 +328,13 @@ impl Client {
         self.shared.checks_sent.load(Ordering::Relaxed)
     }
 
-    /// STORE batches and completion reports waiting for one of the requests in flight to
-    /// their node to end, to go out together (diagnostics: a client whose nodes keep up has
-    /// none).
+    /// STORE batches, grant requests and completion reports waiting for one of the requests
+    /// in flight to their node to end, to go out together (diagnostics: a client whose nodes
+    /// keep up has none).
     pub fn requests_waiting(&self) -> usize {
-        self.shared.stores.waiting() + self.shared.reports.waiting()
+        self.shared.stores.waiting()
+            + self.shared.sequences.waiting()
+            + self.shared.reports.waiting()
     }
 
     /// What the client's tasks share (for the reader and admin calls, `read`, `admin`).

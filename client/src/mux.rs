@@ -1,12 +1,14 @@
 //! Requests to one node, batched across logs while the node is busy: STOREs to a storage
-//! node ([`Stores`]) and completion reports to a sequencer ([`Reports`]).
+//! node ([`Stores`]), grant requests ([`Sequences`]) and completion reports ([`Reports`]) to
+//! a sequencer.
 //!
 //! Coalescing (`append.rs`) batches the appends of *one* log. With many logs each holding a
 //! few appends in flight, it finds little to batch, and every batch pays its own STORE to
 //! each of its R storage nodes (a QUIC stream, a frame, a server task, a LogsDB request) and
 //! its own report. So the client keeps at most [`Kind::SLOTS`] requests of a kind in flight
 //! per node; one that finds them all busy waits, and when a request ends everything waiting
-//! for that node goes out together as one `StoreMany` / `ReportStoredMany` (bounded in items,
+//! for that node goes out together as one `StoreMany` / `SequenceMany` / `ReportStoredMany`
+//! (bounded in items,
 //! in records by one full batch and in bytes by one frame). There is no timer: a
 //! request to a node with a free slot goes at once, alone, so an idle or lightly loaded
 //! client is not slowed down; batching grows with the load, like group commit.
@@ -15,11 +17,14 @@
 //! it came alone) and its own deadline: an item whose caller gave up is dropped before it is
 //! sent, and a caller stops waiting at its deadline.
 //!
-//! Only for requests of one cost: `Sequence`s were batched this way too and were taken back
-//! out, because one that activates a log (an epoch-store round trip, seconds on a loaded
-//! store) holds its slot, and the asks for running logs queued behind it until their request
-//! timeout made the client take a slow-but-live owner's logs over
-//! (`ownership::a_slow_owner_is_not_taken_over_and_fresh_logs_activate_once`). STOREs to one
+//! Only for requests of about one cost each: one that could wait long would hold its slot
+//! and make the others wait behind it. So the grant requests batched here are
+//! `SequenceMany` asks, which the sequencer answers at once from the epochs it runs: a log
+//! that needs an activation (an epoch-store round trip, seconds on a loaded store) is answered
+//! `NotActive` and asked for alone, outside these slots (`sequence.rs`). (Batching plain
+//! `Sequence`s, which activate, made asks for running logs queue behind activations until
+//! their request timeout, and the client took a slow-but-live owner's logs over:
+//! `ownership::a_slow_owner_is_not_taken_over_and_fresh_logs_activate_once`.) STOREs to one
 //! node all cost about one write on the same disk.
 
 use std::collections::{HashMap, VecDeque};
@@ -32,7 +37,8 @@ use tally_common::limits::{FRAME_OVERHEAD_BYTES, Limits};
 use tally_common::transport::{ClientProtocol, Connector, TransportError};
 use tally_common::wire::StoreBatch;
 use tally_common::wire::client::{
-    ClientRequest, ClientResponse, MAX_REPORTS, MAX_STORE_BATCHES, StoreAnswer, StoredReport,
+    ClientRequest, ClientResponse, MAX_REPORTS, MAX_SEQUENCE_ASKS, MAX_STORE_BATCHES, SequenceAsk,
+    StoreAnswer, StoredReport,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -125,6 +131,37 @@ impl Kind for Reports {
     }
 }
 
+/// Grant requests to a sequencer (`SequenceMany`, one ask alone included, so every ask sent
+/// through here is answered without an activation). Each item's answer is the one-ask
+/// `Sequenced` answer. Two in flight: an append waits for its grant, and the sequencer
+/// answers these at once.
+#[derive(Debug)]
+pub(crate) struct Sequences;
+
+impl Kind for Sequences {
+    type Item = SequenceAsk;
+    const SLOTS: usize = 2;
+    const MAX_ITEMS: usize = MAX_SEQUENCE_ASKS;
+    fn single(ask: SequenceAsk) -> ClientRequest {
+        ClientRequest::SequenceMany(vec![ask])
+    }
+    fn many(items: Vec<SequenceAsk>) -> ClientRequest {
+        ClientRequest::SequenceMany(items)
+    }
+    fn split(answer: ClientResponse, n: usize) -> Result<Vec<ClientResponse>, ClientResponse> {
+        match answer {
+            ClientResponse::Sequenced(answers) if answers.len() == n => Ok(answers
+                .into_iter()
+                .map(|a| ClientResponse::Sequenced(vec![a]))
+                .collect()),
+            other => Err(other),
+        }
+    }
+    fn size(_: &SequenceAsk) -> (usize, usize) {
+        (0, 32)
+    }
+}
+
 /// What one item's caller gets: the node's answer as if the item had gone alone.
 type Reply = Result<ClientResponse, TransportError>;
 
@@ -156,6 +193,9 @@ impl<T> Default for NodeQueue<T> {
 pub(crate) struct Mux<K: Kind> {
     connector: Arc<Connector<ClientProtocol>>,
     tracker: TaskTracker,
+    /// Calls fail with `PeerSilent` when the node acknowledges nothing for this long
+    /// (`Connector::call_watched`).
+    silence: Option<Duration>,
     nodes: Mutex<HashMap<SocketAddr, NodeQueue<K::Item>>>,
     _kind: PhantomData<K>,
 }
@@ -175,9 +215,19 @@ impl<K: Kind> Drop for Slot<'_, K> {
 
 impl<K: Kind> Mux<K> {
     pub(crate) fn new(connector: Arc<Connector<ClientProtocol>>, tracker: TaskTracker) -> Self {
+        Self::watched(connector, tracker, None)
+    }
+
+    /// A mux whose calls fail with `PeerSilent` after `silence` without an acknowledgement.
+    pub(crate) fn watched(
+        connector: Arc<Connector<ClientProtocol>>,
+        tracker: TaskTracker,
+        silence: Option<Duration>,
+    ) -> Self {
         Mux {
             connector,
             tracker,
+            silence,
             nodes: Mutex::new(HashMap::new()),
             _kind: PhantomData,
         }
@@ -235,11 +285,22 @@ impl<K: Kind> Mux<K> {
 
     /// Sends `item` alone on a slot already held.
     async fn send_one(&self, addr: SocketAddr, item: K::Item, timeout: Duration) -> Reply {
-        let answer = self.connector.call(addr, &K::single(item), timeout).await;
+        let answer = self.call(addr, &K::single(item), timeout).await;
         if let Err(e) = &answer {
             self.fail_waiting(addr, e);
         }
         answer
+    }
+
+    async fn call(&self, addr: SocketAddr, req: &ClientRequest, timeout: Duration) -> Reply {
+        match self.silence {
+            Some(silence) => {
+                self.connector
+                    .call_watched(addr, req, timeout, silence)
+                    .await
+            }
+            None => self.connector.call(addr, req, timeout).await,
+        }
     }
 
     /// The node at `addr` is unreachable or silent (`e`): the items waiting for it fail the
@@ -304,7 +365,7 @@ impl<K: Kind> Mux<K> {
             return;
         }
         let sent = items.len();
-        match self.connector.call(addr, &K::many(items), timeout).await {
+        match self.call(addr, &K::many(items), timeout).await {
             Ok(answer) => match K::split(answer, sent) {
                 Ok(answers) => {
                     for (reply, answer) in replies.into_iter().zip(answers) {

@@ -17,13 +17,21 @@
 //! the log's window, and smaller batches can fit). Everything stays within the append's
 //! deadline. Nothing has been stored when this fails, so every error it returns is
 //! "certainly not appended".
+//!
+//! An ask that may be redirected goes first through the client's per-sequencer batcher
+//! (`mux::Sequences`, one `SequenceMany` for the asks of many logs waiting at once), which
+//! the sequencer answers without activating anything; a log it answers `NotActive` (not
+//! running there yet, or moving to a new epoch) is asked for again at once with a `Sequence`
+//! of its own, which activates it. Takeovers (`no_redirect`) always go alone.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tally_common::transport::TransportError;
-use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
+use tally_common::wire::client::{
+    ClientRequest, ClientResponse, Grant, SequenceAnswer, SequenceAsk,
+};
 use tally_common::wire::{ErrorCode, RemoteError};
 use tally_common::{LogId, NodeId};
 use tokio::time::Instant;
@@ -73,6 +81,8 @@ enum Step {
     Granted(Grant),
     /// Ask this node next.
     Ask(NodeId, bool),
+    /// Ask the same node again at once, with a `Sequence` of its own (it may activate).
+    Alone,
     /// Wait, then ask the same node again.
     Retry,
     /// Wait, then start over from the owner of a (possibly refreshed) view.
@@ -125,6 +135,8 @@ pub(crate) async fn request_grant(
         // Answers `target` owed us past the request timeout, in a row (see `SLOW_ANSWERS`).
         let mut slow_answers = 0;
         let (mut target, mut no_redirect) = (owner, false);
+        // Ask `target` with a `Sequence` of its own rather than through the batcher.
+        let mut alone = false;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -132,6 +144,21 @@ pub(crate) async fn request_grant(
             }
             let timeout = config.request_timeout.min(deadline - now);
             let answer = match shared.cluster.address(target).await {
+                Some(addr) if !no_redirect && !alone => {
+                    let ask = SequenceAsk { log, count };
+                    match shared.sequences.send(addr, ask, timeout).await {
+                        Ok(ClientResponse::Sequenced(mut answers)) if answers.len() == 1 => {
+                            match answers.pop() {
+                                Some(SequenceAnswer::NotActive) => {
+                                    Ok(ClientResponse::Sequenced(vec![SequenceAnswer::NotActive]))
+                                }
+                                Some(answer) => Ok(answer.into()),
+                                None => Err(TransportError::NoAnswer),
+                            }
+                        }
+                        other => other,
+                    }
+                }
                 Some(addr) => {
                     let req = ClientRequest::Sequence {
                         log,
@@ -189,6 +216,12 @@ pub(crate) async fn request_grant(
                             None => Step::Restart,
                         }
                     }
+                }
+                // Not running there: the same node activates it for a `Sequence` alone.
+                Ok(ClientResponse::Sequenced(answers))
+                    if !alone && answers == [SequenceAnswer::NotActive] =>
+                {
+                    Step::Alone
                 }
                 Ok(ClientResponse::SeqNoBufs) => {
                     if window_full_returns {
@@ -248,9 +281,11 @@ pub(crate) async fn request_grant(
                 Step::Ask(node, force) => {
                     if node != target {
                         slow_answers = 0;
+                        alone = false;
                     }
                     (target, no_redirect) = (node, force);
                 }
+                Step::Alone => alone = true,
                 Step::Retry => {
                     if !backoff.wait(deadline).await {
                         return Err(AppendError::NoSequencer { reason: last }.into());

@@ -24,7 +24,9 @@ use tally_common::transport::{
     TransportConfig, generate_cluster_certs,
 };
 use tally_common::wire::ErrorCode;
-use tally_common::wire::client::{ClientRequest, ClientResponse, Grant};
+use tally_common::wire::client::{
+    ClientRequest, ClientResponse, Grant, SequenceAnswer, SequenceAsk,
+};
 use tally_common::wire::node::{NodeRequest, NodeResponse, Release};
 use tally_common::{Copyset, Epoch, Esn, LogId, Lsn, NodeId};
 use tally_epochstore::store::Result as StoreResult;
@@ -631,6 +633,85 @@ async fn a_second_sequencer_redirects_to_the_owner_and_takes_over_with_no_redire
     match cluster.call(other, ClientRequest::GetClusterState).await {
         ClientResponse::ClusterState { nodes, .. } => assert_eq!(nodes.len(), 5),
         resp => panic!("expected the cluster state, got {resp:?}"),
+    }
+    cluster.stop().await;
+}
+
+/// `SequenceMany` answers every ask from what runs here, at once: a grant, a full window, a
+/// redirect, an error — and `NotActive` for a log that would need an activation, which it
+/// leaves to a `Sequence` of its own (so one request never waits for the epoch store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_many_answers_each_ask_at_once_and_leaves_activations_to_a_sequence_alone() {
+    let cluster = Cluster::start(3, &[1, 2], test_config).await;
+    let candidates = [(NodeId(1), 1), (NodeId(2), 1)];
+    let owned_by = |node| {
+        (20..1000u64).filter(move |l| placement::owner(*l, &candidates) == Some(NodeId(node)))
+    };
+    let mine: Vec<u64> = owned_by(1).take(4).collect();
+    let theirs = owned_by(2).next().unwrap();
+    let running = cluster.create_log(mine[0], attrs(2, 0, 64)).await;
+    let full = cluster.create_log(mine[1], attrs(2, 0, 4)).await;
+    let fresh = cluster.create_log(mine[2], attrs(2, 0, 64)).await;
+    let unknown = LogId(mine[3]);
+    let elsewhere = cluster.create_log(theirs, attrs(2, 0, 64)).await;
+    assert_eq!(cluster.grant(0, running, 1).await.first, lsn(1, 1));
+    assert_eq!(cluster.grant(0, full, 4).await.first, lsn(1, 1));
+
+    let ask = |log, count| SequenceAsk { log, count };
+    let many = ClientRequest::SequenceMany(vec![
+        ask(running, 2),
+        ask(full, 1),
+        ask(fresh, 1),
+        ask(elsewhere, 1),
+        ask(unknown, 1),
+        ask(running, 1),
+    ]);
+    let answers = match cluster.call(0, many).await {
+        ClientResponse::Sequenced(answers) => answers,
+        other => panic!("expected Sequenced, got {other:?}"),
+    };
+    assert_eq!(answers.len(), 6, "{answers:?}");
+    match &answers[0] {
+        SequenceAnswer::Granted(g) => {
+            assert_eq!((g.log, g.first, g.count), (running, lsn(1, 2), 2));
+        }
+        other => panic!("expected a grant, got {other:?}"),
+    }
+    assert_eq!(answers[1], SequenceAnswer::NoBufs);
+    assert_eq!(answers[2], SequenceAnswer::NotActive);
+    assert_eq!(answers[3], SequenceAnswer::Redirect { owner: NodeId(2) });
+    assert_eq!(answers[4], SequenceAnswer::NotActive);
+    // Asks are answered in order: the second ask of `running` follows the first's LSNs.
+    match &answers[5] {
+        SequenceAnswer::Granted(g) => assert_eq!(g.first, lsn(1, 4)),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+
+    // Nothing was activated for the asks answered `NotActive`: the epoch store still has
+    // the fresh log at its first epoch, and the node keeps no state for either log.
+    assert_eq!(
+        cluster.store.get_log(fresh).await.unwrap().next_epoch,
+        Epoch(1)
+    );
+    let node = &cluster.sequencers[0].node;
+    assert_eq!(node.log_state(fresh), None);
+    assert_eq!(node.log_state(unknown), None);
+    // A `Sequence` alone activates it; an unknown log is then a typed NotFound.
+    assert_eq!(cluster.grant(0, fresh, 1).await.first, lsn(1, 1));
+    assert_error(
+        &cluster.call(0, sequence(unknown, 1, false)).await,
+        ErrorCode::NotFound,
+    );
+    // Once running, the fresh log is granted from a `SequenceMany` too.
+    match cluster
+        .call(0, ClientRequest::SequenceMany(vec![ask(fresh, 1)]))
+        .await
+    {
+        ClientResponse::Sequenced(a) => match a.as_slice() {
+            [SequenceAnswer::Granted(g)] => assert_eq!(g.first, lsn(1, 2)),
+            other => panic!("expected one grant, got {other:?}"),
+        },
+        other => panic!("expected Sequenced, got {other:?}"),
     }
     cluster.stop().await;
 }

@@ -32,7 +32,7 @@ use tally_common::transport::{
     ClientProtocol, Connector, NodeProtocol, RequestContext, Server, Service, TlsIdentity,
     TransportConfig, generate_cluster_certs,
 };
-use tally_common::wire::client::{ClientRequest, ClientResponse, StoreAnswer};
+use tally_common::wire::client::{ClientRequest, ClientResponse, SequenceAnswer, StoreAnswer};
 use tally_common::wire::node::{NodeRequest, NodeResponse};
 use tally_common::wire::{StoreBatch, StoreStatus};
 use tally_common::{LogId, Lsn, NodeId, RecordFlags};
@@ -188,13 +188,19 @@ impl Service<NodeProtocol> for AckReleases {
     }
 }
 
-/// A sequencer's client service, with its `Sequence` and `ReportStored` requests counted and
-/// `Sequence` requests held while the gate is closed.
+/// A sequencer's client service, with its grant requests (`Sequence`, and each ask of a
+/// `SequenceMany`) and `ReportStored` requests counted, and grant requests held while the
+/// gate is closed.
 #[derive(Debug)]
 struct Counting {
     inner: Arc<SequencerNode>,
-    /// `Sequence` requests received (counted before the gate).
+    /// Grant requests received (counted before the gate): `Sequence`s, and the asks of
+    /// `SequenceMany`s but those answered `NotActive` (asked again with a `Sequence`, which
+    /// counts), so a grant counts once however it was asked for.
     sequences: watch::Sender<usize>,
+    /// `SequenceMany` requests received, the asks they carried, and those answered
+    /// `NotActive`.
+    sequence_many: watch::Sender<(usize, usize, usize)>,
     /// Reports received (each report of a `ReportStoredMany` counts).
     reports: watch::Sender<usize>,
     /// `ReportStoredMany` requests received.
@@ -210,6 +216,7 @@ impl Counting {
         Counting {
             inner,
             sequences: watch::Sender::new(0),
+            sequence_many: watch::Sender::new((0, 0, 0)),
             reports: watch::Sender::new(0),
             report_many: watch::Sender::new(0),
             preemptions: watch::Sender::new(0),
@@ -257,6 +264,24 @@ impl Service<ClientProtocol> for Counting {
                 let mut open = self.gate_open.subscribe();
                 // Closed only while a test holds a grant back; the request's deadline bounds it.
                 let _ = open.wait_for(|open| *open).await;
+            }
+            ClientRequest::SequenceMany(asks) => {
+                let n = asks.len();
+                self.sequence_many
+                    .send_modify(|(r, a, _)| (*r, *a) = (*r + 1, *a + n));
+                self.sequences.send_modify(|s| *s += n);
+                let mut open = self.gate_open.subscribe();
+                let _ = open.wait_for(|open| *open).await;
+                let answer = self.inner.call(ctx, req).await;
+                if let ClientResponse::Sequenced(answers) = &answer {
+                    let inactive = answers
+                        .iter()
+                        .filter(|a| matches!(a, SequenceAnswer::NotActive))
+                        .count();
+                    self.sequences.send_modify(|s| *s -= inactive);
+                    self.sequence_many.send_modify(|(_, _, i)| *i += inactive);
+                }
+                return answer;
             }
             ClientRequest::ReportStored { .. } => {
                 self.reports.send_modify(|n| *n += 1);
@@ -652,6 +677,83 @@ async fn stores_waiting_for_a_busy_node_go_out_together() {
         node.metrics().appends_completed.get() == 2 * LOGS
     })
     .await;
+    cluster.stop(client).await;
+}
+
+/// Appends to many running logs at once while the sequencer holds the client's first grant
+/// requests: the asks waiting for it go out together as one `SequenceMany`, each is granted
+/// on its own, no log is asked for with a `Sequence` of its own, and every append is
+/// acknowledged. A fresh log is answered `NotActive` and asked for alone, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_requests_waiting_for_a_busy_sequencer_go_out_together() {
+    const LOGS: u64 = 40;
+    // Grant requests the client keeps in flight per sequencer (`mux::Sequences::SLOTS`).
+    const SLOTS: usize = 2;
+    let cluster = Cluster::start(3).await;
+    let mut logs = Vec::new();
+    for log in 1..=LOGS + 1 {
+        logs.push(cluster.create_log(log, 3).await);
+    }
+    let fresh = logs.pop().unwrap();
+    let client = cluster.client(cluster.config()).await;
+    let seq = cluster.sequencers[0].counting.clone();
+    // Warm up: every log's first ask is answered `NotActive`, then activated alone.
+    for log in &logs {
+        append(&client, *log, b"warm".to_vec()).await.unwrap();
+    }
+    let (_, asks, inactive) = *seq.sequence_many.borrow();
+    assert_eq!((asks, inactive), (LOGS as usize, LOGS as usize));
+    assert_eq!(
+        seq.sequences(),
+        LOGS as usize,
+        "one grant counted per append"
+    );
+
+    let (before, before_asks, _) = *seq.sequence_many.borrow();
+    seq.set_gate(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for log in logs.iter().copied() {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let payload = format!("busy {log}").into_bytes();
+            (log, append(&client, log, payload.clone()).await, payload)
+        });
+    }
+    // The sequencer holds the client's first SLOTS requests; every other ask waits in the
+    // client.
+    wait_until("the asks to wait", || {
+        client.requests_waiting() >= LOGS as usize - SLOTS
+    })
+    .await;
+    assert_eq!(seq.sequence_many.borrow().0 - before, SLOTS);
+    seq.set_gate(true);
+    while let Some(done) = tasks.join_next().await {
+        let (log, outcome, payload) = done.unwrap();
+        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
+        assert_eq!(cluster.holders(log, lsn, &payload).len(), 3, "{log} {lsn}");
+    }
+    let (requests, asks, inactive) = *seq.sequence_many.borrow();
+    assert_eq!(
+        asks - before_asks,
+        LOGS as usize,
+        "every ask went through SequenceMany"
+    );
+    assert_eq!(
+        inactive, LOGS as usize,
+        "no running log was answered NotActive"
+    );
+    assert_eq!(seq.sequences(), 2 * LOGS as usize, "no Sequence of its own");
+    assert!(
+        requests - before <= SLOTS + 2,
+        "the waiting asks went together ({} requests for {LOGS} asks)",
+        requests - before
+    );
+
+    // A fresh log: `NotActive` from the batch, then activated by a `Sequence` alone.
+    append(&client, fresh, b"fresh".to_vec()).await.unwrap();
+    let (_, _, inactive) = *seq.sequence_many.borrow();
+    assert_eq!(inactive, LOGS as usize + 1);
+    assert_eq!(seq.sequences(), 2 * LOGS as usize + 1);
     cluster.stop(client).await;
 }
 

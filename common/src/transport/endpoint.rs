@@ -8,8 +8,47 @@
 //! A cut between processes A and B is both files naming the other's address: each side's
 //! sends are dropped, so neither requests nor answers cross. Without the feature, or without
 //! the variable, endpoints are plain sockets and nothing is checked per datagram.
+//!
+//! Every socket asks for [`SOCKET_BUFFER_BYTES`] of kernel receive and send buffer. A QUIC
+//! endpoint carries all of a node's connections on one UDP socket; with Linux's default
+//! (`net.core.rmem_default`, 208 KiB) a burst of STOREs or read pushes overflows it whenever
+//! the process is briefly descheduled, the kernel drops datagrams (`RcvbufErrors` in
+//! `/proc/net/snmp`), and each drop costs a loss recovery: a retransmission at best, a probe
+//! timeout of tens to hundreds of milliseconds at a flight's tail. The kernel caps the size
+//! at `net.core.rmem_max` / `wmem_max`; a node that gets less than [`SOCKET_BUFFER_MIN_BYTES`]
+//! says so once in its log (`ops/setup.sh` and docs/OPERATIONS.md raise the limits).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Kernel buffer asked for on each endpoint's UDP socket, each way.
+pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+/// Below this (after the kernel's cap), the log says how to raise the cap.
+pub const SOCKET_BUFFER_MIN_BYTES: usize = 2 << 20;
+
+/// A UDP socket bound to `addr` with [`SOCKET_BUFFER_BYTES`] of buffer asked for each way.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a kernel that refuses keeps its default, which works, only with more loss.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Ok(got) = socket.recv_buffer_size()
+        && got < SOCKET_BUFFER_MIN_BYTES
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            got,
+            wanted = SOCKET_BUFFER_BYTES,
+            "the kernel capped the UDP receive buffer: bursts may be dropped and retransmitted; \
+             raise it with `sysctl -w net.core.rmem_max={SOCKET_BUFFER_BYTES} \
+             net.core.wmem_max={SOCKET_BUFFER_BYTES}`"
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
 
 /// Binds a QUIC endpoint on `addr`: a server when `server_config` is given, else client only.
 pub(crate) fn bind(
@@ -18,8 +57,7 @@ pub(crate) fn bind(
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime found for the QUIC endpoint"))?;
-    let socket = std::net::UdpSocket::bind(addr)?;
-    let socket = runtime.wrap_udp_socket(socket)?;
+    let socket = runtime.wrap_udp_socket(udp_socket(addr)?)?;
     #[cfg(feature = "fault-injection")]
     let socket = faults::wrap(socket);
     quinn::Endpoint::new_with_abstract_socket(
@@ -170,3 +208,25 @@ mod faults {
 
 #[cfg(feature = "fault-injection")]
 pub use faults::FAULTS_FILE_ENV;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket gets the buffer asked for, up to the kernel's cap (Linux reports twice the
+    /// size set: the other half is its bookkeeping).
+    #[test]
+    fn sockets_ask_for_large_buffers() {
+        let cap = |key: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{key}"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(usize::MAX)
+        };
+        let socket = socket2::Socket::from(udp_socket("127.0.0.1:0".parse().unwrap()).unwrap());
+        let recv = socket.recv_buffer_size().unwrap();
+        let send = socket.send_buffer_size().unwrap();
+        assert!(recv >= SOCKET_BUFFER_BYTES.min(cap("rmem_max")), "{recv}");
+        assert!(send >= SOCKET_BUFFER_BYTES.min(cap("wmem_max")), "{send}");
+    }
+}

@@ -110,7 +110,26 @@ pub enum ClientRequest {
     /// sequencer cannot apply is settled by its own paths, abandoned LSNs and recovery). At
     /// most [`MAX_REPORTS`].
     ReportStoredMany(Vec<StoredReport>),
+    /// Grants for several logs of this sequencer in one request (asks of appends to
+    /// different logs that were waiting for the same sequencer at once). Answered at once
+    /// from what runs here: each ask gets what a `Sequence` of it (without `no_redirect`)
+    /// would have answered, except that a log needing an activation (not running here, or
+    /// moving to a new epoch) is answered [`SequenceAnswer::NotActive`] instead of being
+    /// activated, so one request never waits for the epoch store and asks for running logs
+    /// never wait behind an activation. Answer `Sequenced`, one entry per ask in order. At
+    /// most [`MAX_SEQUENCE_ASKS`].
+    SequenceMany(Vec<SequenceAsk>),
 }
+
+/// One ask of a `SequenceMany`: `count` consecutive LSNs of `log`.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SequenceAsk {
+    pub log: LogId,
+    pub count: u32,
+}
+
+/// Most asks in one `SequenceMany`.
+pub const MAX_SEQUENCE_ASKS: usize = 1024;
 
 /// One report of a `ReportStoredMany`: the fields of a `ReportStored`.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -190,6 +209,16 @@ impl ClientRequest {
                 reports
                     .iter()
                     .try_for_each(|r| check_report(&r.log, &r.first, r.count, &r.copyset))
+            }
+            ClientRequest::SequenceMany(asks) => {
+                if asks.is_empty() || asks.len() > MAX_SEQUENCE_ASKS {
+                    return Err(format!(
+                        "{} asks in one SequenceMany, allowed 1..={MAX_SEQUENCE_ASKS}",
+                        asks.len()
+                    ));
+                }
+                asks.iter()
+                    .try_for_each(|a| check_sequence(&a.log, a.count, limits))
             }
             ClientRequest::Store(batch) => batch.check(limits),
             ClientRequest::Trim { log, .. } | ClientRequest::FindTime { log, .. } => user_log(log),
@@ -362,6 +391,24 @@ pub enum ClientResponse {
     NodeStatus(Box<super::status::NodeStatus>),
     /// The answer to `StoreMany`: one entry per batch, in the request's order.
     StoreResults(Vec<StoreAnswer>),
+    /// The answer to `SequenceMany`: one entry per ask, in the request's order.
+    Sequenced(Vec<SequenceAnswer>),
+}
+
+/// What became of one ask of a `SequenceMany`.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum SequenceAnswer {
+    /// `Granted(grant)`.
+    Granted(Grant),
+    /// `Redirect { owner }`.
+    Redirect { owner: NodeId },
+    /// `SeqNoBufs`: the log's window is full.
+    NoBufs,
+    /// The log needs an activation here (it does not run here yet, or moves to a new
+    /// epoch): ask again with a `Sequence` of its own, which activates it.
+    NotActive,
+    /// `Error(e)`.
+    Error(RemoteError),
 }
 
 /// What became of one batch of a `StoreMany`: what a `Store` of it alone would have answered.
@@ -371,6 +418,23 @@ pub enum StoreAnswer {
     Status(StoreStatus),
     /// An error answer (`Error(e)`): a bad batch, an expired deadline, an internal error.
     Error(RemoteError),
+}
+
+impl From<SequenceAnswer> for ClientResponse {
+    /// The answer of a `Sequence` of the ask alone (`NotActive` has none: it becomes an
+    /// `Unavailable` error).
+    fn from(answer: SequenceAnswer) -> Self {
+        match answer {
+            SequenceAnswer::Granted(grant) => ClientResponse::Granted(grant),
+            SequenceAnswer::Redirect { owner } => ClientResponse::Redirect { owner },
+            SequenceAnswer::NoBufs => ClientResponse::SeqNoBufs,
+            SequenceAnswer::NotActive => ClientResponse::Error(RemoteError::new(
+                super::ErrorCode::Unavailable,
+                "the log is not active on this sequencer",
+            )),
+            SequenceAnswer::Error(e) => ClientResponse::Error(e),
+        }
+    }
 }
 
 /// One log of a `Logs` answer.
@@ -416,6 +480,18 @@ impl ClientResponse {
                 answers.iter().try_for_each(|a| match a {
                     StoreAnswer::Error(e) => e.check(limits),
                     StoreAnswer::Status(_) => Ok(()),
+                })
+            }
+            ClientResponse::Sequenced(answers) => {
+                if answers.is_empty() || answers.len() > MAX_SEQUENCE_ASKS {
+                    return Err(format!("{} answers in Sequenced", answers.len()));
+                }
+                answers.iter().try_for_each(|a| match a {
+                    SequenceAnswer::Granted(g) => g.check(),
+                    SequenceAnswer::Error(e) => e.check(limits),
+                    SequenceAnswer::Redirect { .. }
+                    | SequenceAnswer::NoBufs
+                    | SequenceAnswer::NotActive => Ok(()),
                 })
             }
             ClientResponse::Logs(logs) if logs.len() > MAX_LISTED_LOGS => Err(format!(

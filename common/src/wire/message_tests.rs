@@ -4,7 +4,10 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::client::{ClientRequest, ClientResponse, Grant, StoreAnswer, StoredReport};
+use super::client::{
+    ClientRequest, ClientResponse, Grant, MAX_SEQUENCE_ASKS, SequenceAnswer, SequenceAsk,
+    StoreAnswer, StoredReport,
+};
 use super::node::{NodeRequest, NodeResponse, Release};
 use super::*;
 use crate::ids::{Epoch, Esn, LogId, Lsn, NodeId};
@@ -260,6 +263,11 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         store_batch().prop_map(ClientRequest::Store),
         vec(store_batch(), 1..4).prop_map(ClientRequest::StoreMany),
         vec(stored_report(), 1..4).prop_map(ClientRequest::ReportStoredMany),
+        vec(
+            (log_id(), 1u32..1000).prop_map(|(log, count)| SequenceAsk { log, count }),
+            1..4
+        )
+        .prop_map(ClientRequest::SequenceMany),
         (log_id(), lsn()).prop_map(|(log, upto)| ClientRequest::Trim { log, upto }),
         (log_id(), any::<u64>(), any::<bool>()).prop_map(|(log, timestamp_ms, strict)| {
             ClientRequest::FindTime {
@@ -404,6 +412,17 @@ fn client_response() -> impl Strategy<Value = ClientResponse> {
             1..4
         )
         .prop_map(ClientResponse::StoreResults),
+        vec(
+            prop_oneof![
+                grant().prop_map(SequenceAnswer::Granted),
+                node_id().prop_map(|owner| SequenceAnswer::Redirect { owner }),
+                Just(SequenceAnswer::NoBufs),
+                Just(SequenceAnswer::NotActive),
+                remote_error().prop_map(SequenceAnswer::Error),
+            ],
+            1..4
+        )
+        .prop_map(ClientResponse::Sequenced),
         Just(ClientResponse::Ack),
         lsn().prop_map(|trim_point| ClientResponse::Trimmed { trim_point }),
         lsn().prop_map(|lsn| ClientResponse::FoundTime { lsn }),
@@ -666,6 +685,27 @@ fn validation_rejects_limit_breaks() {
     }
     assert!(
         ClientRequest::ReportStoredMany(Vec::new())
+            .validate(&limits)
+            .is_err()
+    );
+
+    let ask = |log, count| SequenceAsk {
+        log: LogId(log),
+        count,
+    };
+    ClientRequest::SequenceMany(vec![ask(1, 1), ask(2, 64)])
+        .validate(&limits)
+        .unwrap();
+    for bad in [ask(0, 1), ask(1, 0), ask(1, u32::MAX)] {
+        let many = ClientRequest::SequenceMany(vec![ask(1, 1), bad]);
+        assert!(many.validate(&limits).is_err(), "{many:?}");
+    }
+    for len in [0, MAX_SEQUENCE_ASKS + 1] {
+        let many = ClientRequest::SequenceMany((0..len).map(|_| ask(1, 1)).collect());
+        assert!(many.validate(&limits).is_err(), "{len} asks");
+    }
+    assert!(
+        ClientResponse::Sequenced(Vec::new())
             .validate(&limits)
             .is_err()
     );

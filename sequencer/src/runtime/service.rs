@@ -3,6 +3,11 @@
 //! (`GetClusterState` from the membership view, `GetLogMetadata` and `CreateLog` from the epoch
 //! store). Other requests belong to the storage role and are refused as `BadRequest`.
 //!
+//! `SequenceMany` answers each ask the way `Sequence` would, from what runs here now: an ask
+//! that would need an activation is answered `NotActive` (the client asks for it alone), so a
+//! combined request never waits for the epoch store, and running logs' asks never wait behind
+//! another log's activation.
+//!
 //! `Sequence` never answers `Preempted`: a preempted epoch (see `ReportPreempted`) is replaced
 //! on the next `Sequence` by a new epoch if this node may serve the log (it owns it by
 //! placement, the request says `no_redirect`, or a `no_redirect` takeover is still sticky),
@@ -22,16 +27,17 @@
 //! reason: retrying cannot help, the client's append is already acknowledged by its R copies,
 //! and the LSNs concerned are settled by recovery of their epoch.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tally_common::transport::{ClientProtocol, RequestContext, Service};
-use tally_common::wire::client::{ClientRequest, ClientResponse};
+use tally_common::wire::client::{ClientRequest, ClientResponse, SequenceAnswer, SequenceAsk};
 use tally_common::wire::{ErrorCode, RemoteError};
 use tally_common::{LogId, Lsn};
 use tally_epochstore::EpochStoreError;
 use tracing::Instrument;
 
-use super::logs::{ActivationError, Report, TrySequence};
+use super::logs::{ActivationError, LogSlot, Report, TrySequence};
 use super::placement::Placement;
 use super::{SequencerNode, now_ms};
 use crate::log_sequencer::{SequenceOutcome, StoredError};
@@ -41,6 +47,10 @@ fn error(code: ErrorCode, message: impl Into<String>) -> ClientResponse {
 }
 
 fn store_error(e: &EpochStoreError) -> ClientResponse {
+    ClientResponse::Error(store_remote_error(e))
+}
+
+fn store_remote_error(e: &EpochStoreError) -> RemoteError {
     let code = match e {
         EpochStoreError::NotFound { .. } => ErrorCode::NotFound,
         EpochStoreError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
@@ -54,18 +64,23 @@ fn store_error(e: &EpochStoreError) -> ClientResponse {
         EpochStoreError::Unauthorized(_) => ErrorCode::PermissionDenied,
         _ => ErrorCode::Internal,
     };
-    error(code, e.to_string())
+    RemoteError::new(code, e.to_string())
 }
 
 fn activation_error(e: &ActivationError) -> ClientResponse {
-    match e {
-        ActivationError::Store(e) => store_error(e),
-        ActivationError::Timeout(_) => error(ErrorCode::Timeout, e.to_string()),
+    ClientResponse::Error(activation_remote_error(e))
+}
+
+fn activation_remote_error(e: &ActivationError) -> RemoteError {
+    let code = match e {
+        ActivationError::Store(e) => return store_remote_error(e),
+        ActivationError::Timeout(_) => ErrorCode::Timeout,
         // The epoch this node ran was replaced by another sequencer's; the log moved, retry.
-        ActivationError::Superseded { .. } => error(ErrorCode::Unavailable, e.to_string()),
-        ActivationError::TooManyLogs { .. } => error(ErrorCode::Overloaded, e.to_string()),
-        ActivationError::ShuttingDown => error(ErrorCode::Unavailable, e.to_string()),
-    }
+        ActivationError::Superseded { .. } => ErrorCode::Unavailable,
+        ActivationError::TooManyLogs { .. } => ErrorCode::Overloaded,
+        ActivationError::ShuttingDown => ErrorCode::Unavailable,
+    };
+    RemoteError::new(code, e.to_string())
 }
 
 /// How often one `Sequence` request may (re)activate before giving up: the first activation
@@ -74,65 +89,21 @@ fn activation_error(e: &ActivationError) -> ClientResponse {
 /// exhausted at once, which it cannot be).
 const MAX_ACTIVATIONS_PER_REQUEST: usize = 2;
 
+/// What a `Sequence` can be answered without waiting, or the slot of a log that needs an
+/// activation first.
+enum Now {
+    Answer(SequenceAnswer),
+    Activate(Arc<LogSlot>),
+}
+
 impl SequencerNode {
     async fn sequence(&self, log: LogId, count: u32, no_redirect: bool) -> ClientResponse {
         let mut activations = 0;
         loop {
-            let now = Instant::now();
-            let sticky = self
-                .logs
-                .get(log)
-                .is_some_and(|slot| self.logs.sticky(&slot, now));
-            if !no_redirect && !sticky {
-                match self.membership.place(log) {
-                    None => {
-                        return error(ErrorCode::Unavailable, "membership is not known yet");
-                    }
-                    Some(Placement::Redirect(owner)) => {
-                        if self.logs.get(log).is_some_and(|slot| {
-                            self.logs
-                                .handing_back(&slot, now, self.config.handback_grace)
-                        }) {
-                            return error(
-                                ErrorCode::Unavailable,
-                                format!(
-                                    "{log} goes back to its owner {owner} once the appends in \
-                                     flight here complete"
-                                ),
-                            );
-                        }
-                        self.config.metrics.redirects.inc();
-                        return ClientResponse::Redirect { owner };
-                    }
-                    Some(Placement::Here) => {}
-                }
-            }
-            let slot = match self.logs.slot(log) {
-                Ok(slot) => slot,
-                Err(e) => return activation_error(&e),
+            let slot = match self.sequence_now(log, count, no_redirect, false) {
+                Now::Answer(answer) => return answer.into(),
+                Now::Activate(slot) => slot,
             };
-            match self.logs.try_sequence(&slot, count, now_ms(), now) {
-                TrySequence::Retired => continue,
-                TrySequence::Outcome(outcome, effects) => {
-                    self.apply(effects);
-                    match outcome {
-                        SequenceOutcome::Granted(grant) => {
-                            let metrics = &self.config.metrics;
-                            metrics.grants.inc();
-                            metrics.appends.inc_by(u64::from(grant.count));
-                            return ClientResponse::Granted(grant);
-                        }
-                        SequenceOutcome::NoBufs => {
-                            self.config.metrics.no_bufs.inc();
-                            return ClientResponse::SeqNoBufs;
-                        }
-                        // ESN exhaustion: activate a new epoch right here. (A preempted epoch
-                        // never gets here, `try_sequence` asks for activation first.)
-                        SequenceOutcome::Reactivating | SequenceOutcome::Preempted { .. } => {}
-                    }
-                }
-                TrySequence::NeedsActivation => {}
-            }
             if activations == MAX_ACTIVATIONS_PER_REQUEST {
                 return error(ErrorCode::Unavailable, "the log is moving to a new epoch");
             }
@@ -154,6 +125,92 @@ impl SequencerNode {
                 self.logs
                     .set_sticky(&slot, Instant::now() + self.config.no_redirect_duration);
             }
+        }
+    }
+
+    /// The asks of a `SequenceMany`, each answered from what runs here now: a log that would
+    /// need an activation is answered `NotActive` (the client asks for it alone), so the
+    /// request never waits for the epoch store.
+    fn sequence_many(&self, asks: Vec<SequenceAsk>) -> ClientResponse {
+        let answers = asks
+            .into_iter()
+            .map(
+                |ask| match self.sequence_now(ask.log, ask.count, false, true) {
+                    Now::Answer(answer) => answer,
+                    Now::Activate(_) => SequenceAnswer::NotActive,
+                },
+            )
+            .collect();
+        ClientResponse::Sequenced(answers)
+    }
+
+    /// Places the ask and grants from the running epoch if it can, without waiting. With
+    /// `running_only`, a log with no slot here is answered `NotActive` rather than given one
+    /// (a slot is only made by a request that will activate it).
+    fn sequence_now(&self, log: LogId, count: u32, no_redirect: bool, running_only: bool) -> Now {
+        loop {
+            let now = Instant::now();
+            let sticky = self
+                .logs
+                .get(log)
+                .is_some_and(|slot| self.logs.sticky(&slot, now));
+            if !no_redirect && !sticky {
+                match self.membership.place(log) {
+                    None => {
+                        return Now::Answer(SequenceAnswer::Error(RemoteError::new(
+                            ErrorCode::Unavailable,
+                            "membership is not known yet",
+                        )));
+                    }
+                    Some(Placement::Redirect(owner)) => {
+                        if self.logs.get(log).is_some_and(|slot| {
+                            self.logs
+                                .handing_back(&slot, now, self.config.handback_grace)
+                        }) {
+                            return Now::Answer(SequenceAnswer::Error(RemoteError::new(
+                                ErrorCode::Unavailable,
+                                format!(
+                                    "{log} goes back to its owner {owner} once the appends in \
+                                     flight here complete"
+                                ),
+                            )));
+                        }
+                        self.config.metrics.redirects.inc();
+                        return Now::Answer(SequenceAnswer::Redirect { owner });
+                    }
+                    Some(Placement::Here) => {}
+                }
+            }
+            if running_only && self.logs.get(log).is_none() {
+                return Now::Answer(SequenceAnswer::NotActive);
+            }
+            let slot = match self.logs.slot(log) {
+                Ok(slot) => slot,
+                Err(e) => return Now::Answer(SequenceAnswer::Error(activation_remote_error(&e))),
+            };
+            match self.logs.try_sequence(&slot, count, now_ms(), now) {
+                TrySequence::Retired => continue,
+                TrySequence::Outcome(outcome, effects) => {
+                    self.apply(effects);
+                    match outcome {
+                        SequenceOutcome::Granted(grant) => {
+                            let metrics = &self.config.metrics;
+                            metrics.grants.inc();
+                            metrics.appends.inc_by(u64::from(grant.count));
+                            return Now::Answer(SequenceAnswer::Granted(grant));
+                        }
+                        SequenceOutcome::NoBufs => {
+                            self.config.metrics.no_bufs.inc();
+                            return Now::Answer(SequenceAnswer::NoBufs);
+                        }
+                        // ESN exhaustion: activate a new epoch right here. (A preempted epoch
+                        // never gets here, `try_sequence` asks for activation first.)
+                        SequenceOutcome::Reactivating | SequenceOutcome::Preempted { .. } => {}
+                    }
+                }
+                TrySequence::NeedsActivation => {}
+            }
+            return Now::Activate(slot);
         }
     }
 
@@ -240,6 +297,7 @@ impl Service<ClientProtocol> for SequencerNode {
                     .instrument(span)
                     .await
             }
+            ClientRequest::SequenceMany(asks) => self.sequence_many(asks),
             ClientRequest::ReportStored {
                 log, first, count, ..
             } => self.report_stored(log, first, count),
