@@ -144,17 +144,26 @@ pub(crate) async fn request_grant(
             }
             let timeout = config.request_timeout.min(deadline - now);
             let answer = match shared.cluster.address(target).await {
-                Some(addr) if !no_redirect && !alone => {
+                Some(addr) if !no_redirect && !alone && shared.batches_grants(target) => {
                     let ask = SequenceAsk { log, count };
+                    let not_active = || ClientResponse::Sequenced(vec![SequenceAnswer::NotActive]);
                     match shared.sequences.send(addr, ask, timeout).await {
                         Ok(ClientResponse::Sequenced(mut answers)) if answers.len() == 1 => {
                             match answers.pop() {
-                                Some(SequenceAnswer::NotActive) => {
-                                    Ok(ClientResponse::Sequenced(vec![SequenceAnswer::NotActive]))
-                                }
+                                Some(SequenceAnswer::NotActive) => Ok(not_active()),
                                 Some(answer) => Ok(answer.into()),
                                 None => Err(TransportError::NoAnswer),
                             }
+                        }
+                        // Refused as a whole, not per ask: a version that does not know
+                        // `SequenceMany` (it could not decode it, so nothing was granted).
+                        // Ask it alone, and keep doing so for a while.
+                        Ok(ClientResponse::Error(e)) | Err(TransportError::Remote(e))
+                            if e.code == ErrorCode::BadRequest =>
+                        {
+                            tracing::debug!(%log, node = %target, error = %e, "SequenceMany refused");
+                            shared.grants_unbatched(target);
+                            Ok(not_active())
                         }
                         other => other,
                     }

@@ -201,6 +201,10 @@ struct Counting {
     /// `SequenceMany` requests received, the asks they carried, and those answered
     /// `NotActive`.
     sequence_many: watch::Sender<(usize, usize, usize)>,
+    /// While set, a `SequenceMany` is refused whole, as by a version that cannot decode it
+    /// (counted in `refused_many`, not in the others).
+    refuse_many: AtomicBool,
+    refused_many: watch::Sender<usize>,
     /// Reports received (each report of a `ReportStoredMany` counts).
     reports: watch::Sender<usize>,
     /// `ReportStoredMany` requests received.
@@ -217,6 +221,8 @@ impl Counting {
             inner,
             sequences: watch::Sender::new(0),
             sequence_many: watch::Sender::new((0, 0, 0)),
+            refuse_many: AtomicBool::new(false),
+            refused_many: watch::Sender::new(0),
             reports: watch::Sender::new(0),
             report_many: watch::Sender::new(0),
             preemptions: watch::Sender::new(0),
@@ -264,6 +270,13 @@ impl Service<ClientProtocol> for Counting {
                 let mut open = self.gate_open.subscribe();
                 // Closed only while a test holds a grant back; the request's deadline bounds it.
                 let _ = open.wait_for(|open| *open).await;
+            }
+            ClientRequest::SequenceMany(_) if self.refuse_many.load(Ordering::SeqCst) => {
+                self.refused_many.send_modify(|n| *n += 1);
+                return ClientResponse::Error(tally_common::wire::RemoteError::new(
+                    tally_common::wire::ErrorCode::BadRequest,
+                    "invalid frame body: unknown enum variant",
+                ));
             }
             ClientRequest::SequenceMany(asks) => {
                 let n = asks.len();
@@ -754,6 +767,33 @@ async fn grant_requests_waiting_for_a_busy_sequencer_go_out_together() {
     let (_, _, inactive) = *seq.sequence_many.borrow();
     assert_eq!(inactive, LOGS as usize + 1);
     assert_eq!(seq.sequences(), 2 * LOGS as usize + 1);
+    cluster.stop(client).await;
+}
+
+/// A sequencer that refuses `SequenceMany` as a whole (a version before it: it cannot decode
+/// the request) is asked with a `Sequence` per grant instead: every append succeeds, and
+/// after the first refusal no more combined requests go to it for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_that_refuses_sequence_many_is_asked_singly() {
+    let cluster = Cluster::start(3).await;
+    let seq = cluster.sequencers[0].counting.clone();
+    seq.refuse_many.store(true, Ordering::SeqCst);
+    let client = cluster.client(cluster.config()).await;
+    for log in 1..=5 {
+        let log = cluster.create_log(log, 3).await;
+        for i in 0..3u8 {
+            let payload = vec![i; 16];
+            let lsn = append(&client, log, payload.clone()).await.unwrap();
+            assert_eq!(cluster.holders(log, lsn, &payload).len(), 3, "{log} {lsn}");
+        }
+    }
+    assert_eq!(
+        *seq.refused_many.borrow(),
+        1,
+        "refused once, then asked singly"
+    );
+    assert_eq!(seq.sequence_many.borrow().0, 0);
+    assert_eq!(seq.sequences(), 15, "one Sequence per append");
     cluster.stop(client).await;
 }
 
