@@ -13,6 +13,11 @@
 //! request to a node with a free slot goes at once, alone, so an idle or lightly loaded
 //! client is not slowed down; batching grows with the load, like group commit.
 //!
+//! A node that refuses a combined request whole (a version before it: it cannot decode it, so
+//! nothing was applied) gets this kind's items one by one for [`UNBATCHED_FOR`]; the items of
+//! the refused request are resent singly where [`Kind::keep`] kept copies (reports), and
+//! fail with the refusal otherwise (STOREs: the appender's next wave goes singly).
+//!
 //! Each item keeps its own answer (the node answers every item of a combined request as if
 //! it came alone) and its own deadline: an item whose caller gave up is dropped before it is
 //! sent, and a caller stops waiting at its deadline.
@@ -35,11 +40,11 @@ use std::time::Duration;
 
 use tally_common::limits::{FRAME_OVERHEAD_BYTES, Limits};
 use tally_common::transport::{ClientProtocol, Connector, TransportError};
-use tally_common::wire::StoreBatch;
 use tally_common::wire::client::{
     ClientRequest, ClientResponse, MAX_REPORTS, MAX_SEQUENCE_ASKS, MAX_STORE_BATCHES, SequenceAsk,
     StoreAnswer, StoredReport,
 };
+use tally_common::wire::{ErrorCode, StoreBatch};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -62,6 +67,12 @@ pub(crate) trait Kind: Send + Sync + 'static {
     fn split(answer: ClientResponse, n: usize) -> Result<Vec<ClientResponse>, ClientResponse>;
     /// Records and bytes the item adds to a combined request.
     fn size(item: &Self::Item) -> (usize, usize);
+    /// Copies of the items of a combined request, kept to send them one by one if the node
+    /// refuses the combined request whole (a version before it): for kinds whose items are
+    /// cheap to copy and whose loss would cost more than a failed request.
+    fn keep(_items: &[Self::Item]) -> Option<Vec<Self::Item>> {
+        None
+    }
 }
 
 /// STORE batches to a storage node. A few in flight, so a node's writer threads and group
@@ -129,6 +140,11 @@ impl Kind for Reports {
     fn size(_: &StoredReport) -> (usize, usize) {
         (0, 64)
     }
+    // A lost report holds the log's release point back until the sequencer settles the LSNs
+    // on its own; reports are a few bytes each.
+    fn keep(items: &[StoredReport]) -> Option<Vec<StoredReport>> {
+        Some(items.to_vec())
+    }
 }
 
 /// Grant requests to a sequencer (`SequenceMany`, one ask alone included, so every ask sent
@@ -161,6 +177,10 @@ impl Kind for Sequences {
         (0, 32)
     }
 }
+
+/// How long a node that refused a combined request gets its items one by one before a
+/// combined request is tried again (it may have been upgraded meanwhile).
+const UNBATCHED_FOR: Duration = Duration::from_secs(60);
 
 /// What one item's caller gets: the node's answer as if the item had gone alone.
 type Reply = Result<ClientResponse, TransportError>;
@@ -197,6 +217,9 @@ pub(crate) struct Mux<K: Kind> {
     /// (`Connector::call_watched`).
     silence: Option<Duration>,
     nodes: Mutex<HashMap<SocketAddr, NodeQueue<K::Item>>>,
+    /// Nodes that refused a combined request whole (a version before it), and until when
+    /// their items go alone, each at once, without waiting for a slot.
+    unbatched: Mutex<HashMap<SocketAddr, Instant>>,
     _kind: PhantomData<K>,
 }
 
@@ -229,6 +252,7 @@ impl<K: Kind> Mux<K> {
             tracker,
             silence,
             nodes: Mutex::new(HashMap::new()),
+            unbatched: Mutex::new(HashMap::new()),
             _kind: PhantomData,
         }
     }
@@ -252,6 +276,9 @@ impl<K: Kind> Mux<K> {
         timeout: Duration,
     ) -> Reply {
         let deadline = Instant::now() + timeout;
+        if self.is_unbatched(addr) {
+            return self.call(addr, &K::single(item), timeout).await;
+        }
         // Ok: a slot is ours, send now; Err: wait for the item's answer.
         let turn = {
             let mut nodes = self.nodes();
@@ -281,6 +308,18 @@ impl<K: Kind> Mux<K> {
         };
         let _slot = Slot { mux: self, addr };
         self.send_one(addr, item, timeout).await
+    }
+
+    fn is_unbatched(&self, addr: SocketAddr) -> bool {
+        let mut nodes = self.unbatched.lock().unwrap_or_else(|e| e.into_inner());
+        match nodes.get(&addr) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                nodes.remove(&addr);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Sends `item` alone on a slot already held.
@@ -365,7 +404,33 @@ impl<K: Kind> Mux<K> {
             return;
         }
         let sent = items.len();
-        match self.call(addr, &K::many(items), timeout).await {
+        let kept = K::keep(&items);
+        let answer = self.call(addr, &K::many(items), timeout).await;
+        let refused = match &answer {
+            Ok(ClientResponse::Error(e)) | Err(TransportError::Remote(e)) => {
+                e.code == ErrorCode::BadRequest
+            }
+            _ => false,
+        };
+        if refused {
+            // Refused whole, not per item: a version that cannot decode the combined request
+            // (so nothing of it was applied). Its items go alone for a while.
+            tracing::info!(%addr, "node refused a combined request; sending its items singly");
+            self.unbatched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr, Instant::now() + UNBATCHED_FOR);
+            if let Some(items) = kept {
+                let requests: Vec<ClientRequest> = items.into_iter().map(K::single).collect();
+                let sends = requests.iter().map(|req| self.call(addr, req, timeout));
+                let answers = futures_util::future::join_all(sends).await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+                return;
+            }
+        }
+        match answer {
             Ok(answer) => match K::split(answer, sent) {
                 Ok(answers) => {
                     for (reply, answer) in replies.into_iter().zip(answers) {

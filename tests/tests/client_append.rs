@@ -80,6 +80,10 @@ struct Seen {
     bad_amends: Vec<Received>,
     /// `StoreMany` requests received (by all nodes).
     store_many: usize,
+    /// While set, every node refuses `StoreMany` whole, as a version before it would (it
+    /// cannot decode it); counted in `refused_many`.
+    refuse_many: bool,
+    refused_many: usize,
 }
 
 #[derive(Debug)]
@@ -107,7 +111,17 @@ impl Service<ClientProtocol> for FakeStorage {
             ClientRequest::Store(batch) => self.store(&ctx, batch).await,
             // Batches of several appends that waited for this node together.
             ClientRequest::StoreMany(batches) => {
-                self.seen.lock().unwrap().store_many += 1;
+                {
+                    let mut seen = self.seen.lock().unwrap();
+                    if seen.refuse_many {
+                        seen.refused_many += 1;
+                        return ClientResponse::Error(tally_common::wire::RemoteError::new(
+                            tally_common::wire::ErrorCode::BadRequest,
+                            "invalid frame body: unknown enum variant",
+                        ));
+                    }
+                    seen.store_many += 1;
+                }
                 let mut answers = Vec::new();
                 for batch in batches {
                     answers.push(match self.store(&ctx, batch).await {
@@ -201,8 +215,8 @@ struct Counting {
     /// `SequenceMany` requests received, the asks they carried, and those answered
     /// `NotActive`.
     sequence_many: watch::Sender<(usize, usize, usize)>,
-    /// While set, a `SequenceMany` is refused whole, as by a version that cannot decode it
-    /// (counted in `refused_many`, not in the others).
+    /// While set, a `SequenceMany` or `ReportStoredMany` is refused whole, as by a version
+    /// that cannot decode it (counted in `refused_many`, not in the others).
     refuse_many: AtomicBool,
     refused_many: watch::Sender<usize>,
     /// Reports received (each report of a `ReportStoredMany` counts).
@@ -271,7 +285,9 @@ impl Service<ClientProtocol> for Counting {
                 // Closed only while a test holds a grant back; the request's deadline bounds it.
                 let _ = open.wait_for(|open| *open).await;
             }
-            ClientRequest::SequenceMany(_) if self.refuse_many.load(Ordering::SeqCst) => {
+            ClientRequest::SequenceMany(_) | ClientRequest::ReportStoredMany(_)
+                if self.refuse_many.load(Ordering::SeqCst) =>
+            {
                 self.refused_many.send_modify(|n| *n += 1);
                 return ClientResponse::Error(tally_common::wire::RemoteError::new(
                     tally_common::wire::ErrorCode::BadRequest,
@@ -794,6 +810,81 @@ async fn a_sequencer_that_refuses_sequence_many_is_asked_singly() {
     );
     assert_eq!(seq.sequence_many.borrow().0, 0);
     assert_eq!(seq.sequences(), 15, "one Sequence per append");
+    cluster.stop(client).await;
+}
+
+/// Nodes of a version before combined requests refuse `StoreMany`, `SequenceMany` and
+/// `ReportStoredMany` whole (they cannot decode them): the client sends the items one by one
+/// instead and keeps doing so for a while; every append is acknowledged with its copies on R
+/// nodes, and every completion report is applied, those of the refused request included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_refuse_combined_requests_get_single_ones() {
+    const LOGS: u64 = 40;
+    const SLOTS: usize = 4;
+    let cluster = Cluster::start(3).await;
+    let mut logs = Vec::new();
+    for log in 1..=LOGS {
+        logs.push(cluster.create_log(log, 3).await);
+    }
+    let seq = cluster.sequencers[0].counting.clone();
+    seq.refuse_many.store(true, Ordering::SeqCst);
+    cluster.seen.lock().unwrap().refuse_many = true;
+    let client = cluster.client(cluster.config()).await;
+    // One at a time, each report awaited: nothing here is ever combined but grant requests.
+    for (i, log) in logs.iter().enumerate() {
+        append(&client, *log, b"warm".to_vec()).await.unwrap();
+        seq.wait_reports(i + 1).await;
+    }
+    // The first grant request was refused; every later one went alone.
+    assert_eq!(*seq.refused_many.borrow(), 1);
+
+    cluster.gate.send_replace(false);
+    seq.report_gate.send_replace(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for log in logs.iter().copied() {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let payload = format!("busy {log}").into_bytes();
+            (log, append(&client, log, payload.clone()).await, payload)
+        });
+    }
+    wait_until("the stores to wait", || {
+        client.requests_waiting() >= 3 * (LOGS as usize - SLOTS)
+    })
+    .await;
+    cluster.gate.send_replace(true);
+    while let Some(done) = tasks.join_next().await {
+        let (log, outcome, payload) = done.unwrap();
+        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
+        assert_eq!(cluster.holders(log, lsn, &payload).len(), 3, "{log} {lsn}");
+    }
+    {
+        let seen = cluster.seen.lock().unwrap();
+        assert_eq!(
+            seen.refused_many, 3,
+            "one refused StoreMany per node, then singles"
+        );
+        assert_eq!(seen.store_many, 0);
+    }
+    // The reports that waited for the sequencer go out combined, are refused, and are sent
+    // again one by one: every one is applied, none through a combined request.
+    // (An append returns before its report is queued: wait for them.)
+    wait_until("the reports to wait", || {
+        client.requests_waiting() >= LOGS as usize - 2
+    })
+    .await;
+    seq.report_gate.send_replace(true);
+    let node = cluster.sequencers[0].node();
+    wait_until("every report to be applied", || {
+        node.metrics().appends_completed.get() == 2 * LOGS
+    })
+    .await;
+    assert_eq!(
+        *seq.refused_many.borrow(),
+        2,
+        "one grant and one report request refused"
+    );
+    assert_eq!(*seq.report_many.borrow(), 0);
     cluster.stop(client).await;
 }
 
