@@ -564,6 +564,31 @@ impl Cluster {
     }
 }
 
+/// One append of `busy {log}` to each of `logs`, each on a task of its own.
+fn append_to_each(client: &Client, logs: &[LogId]) -> AppendTasks {
+    let mut tasks = tokio::task::JoinSet::new();
+    for log in logs.iter().copied() {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let payload = format!("busy {log}").into_bytes();
+            (log, append(&client, log, payload.clone()).await, payload)
+        });
+    }
+    tasks
+}
+
+type AppendTasks = tokio::task::JoinSet<(LogId, Result<Lsn, AppendError>, Vec<u8>)>;
+
+/// Every append of `tasks` is acknowledged, its copy held by 3 nodes.
+async fn expect_each_on_3_nodes(cluster: &Cluster, mut tasks: AppendTasks) {
+    while let Some(done) = tasks.join_next().await {
+        let (log, outcome, payload) = done.unwrap();
+        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
+        let holders = cluster.holders(log, lsn, &payload);
+        assert_eq!(holders.len(), 3, "{log} {lsn} is held by {holders:?}");
+    }
+}
+
 async fn append(client: &Client, log: LogId, payload: Vec<u8>) -> Result<Lsn, AppendError> {
     tokio::time::timeout(T + T, client.append(log, payload))
         .await
@@ -656,14 +681,7 @@ async fn stores_waiting_for_a_busy_node_go_out_together() {
     cluster.gate.send_replace(false);
     // Completion reports are held too, to see them wait for the sequencer and go together.
     seq.report_gate.send_replace(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    for log in logs.iter().copied() {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let payload = format!("busy {log}").into_bytes();
-            (log, append(&client, log, payload.clone()).await, payload)
-        });
-    }
+    let tasks = append_to_each(&client, &logs);
     // Each node holds the client's first SLOTS stores; every other batch waits in the client.
     let expected_waiting = 3 * (LOGS as usize - SLOTS);
     wait_until("the stores to wait", || {
@@ -676,12 +694,7 @@ async fn stores_waiting_for_a_busy_node_go_out_together() {
         "only the slots' stores reached the nodes"
     );
     cluster.gate.send_replace(true);
-    while let Some(done) = tasks.join_next().await {
-        let (log, outcome, payload) = done.unwrap();
-        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
-        let holders = cluster.holders(log, lsn, &payload);
-        assert_eq!(holders.len(), 3, "{log} {lsn} is held by {holders:?}");
-    }
+    expect_each_on_3_nodes(&cluster, tasks).await;
     let store_many = cluster.seen.lock().unwrap().store_many;
     assert!(
         store_many >= 3,
@@ -740,14 +753,7 @@ async fn grant_requests_waiting_for_a_busy_sequencer_go_out_together() {
 
     let (before, before_asks, _) = *seq.sequence_many.borrow();
     seq.set_gate(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    for log in logs.iter().copied() {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let payload = format!("busy {log}").into_bytes();
-            (log, append(&client, log, payload.clone()).await, payload)
-        });
-    }
+    let tasks = append_to_each(&client, &logs);
     // The sequencer holds the client's first SLOTS requests; every other ask waits in the
     // client.
     wait_until("the asks to wait", || {
@@ -756,11 +762,7 @@ async fn grant_requests_waiting_for_a_busy_sequencer_go_out_together() {
     .await;
     assert_eq!(seq.sequence_many.borrow().0 - before, SLOTS);
     seq.set_gate(true);
-    while let Some(done) = tasks.join_next().await {
-        let (log, outcome, payload) = done.unwrap();
-        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
-        assert_eq!(cluster.holders(log, lsn, &payload).len(), 3, "{log} {lsn}");
-    }
+    expect_each_on_3_nodes(&cluster, tasks).await;
     let (requests, asks, inactive) = *seq.sequence_many.borrow();
     assert_eq!(
         asks - before_asks,
@@ -840,24 +842,13 @@ async fn nodes_that_refuse_combined_requests_get_single_ones() {
 
     cluster.gate.send_replace(false);
     seq.report_gate.send_replace(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    for log in logs.iter().copied() {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let payload = format!("busy {log}").into_bytes();
-            (log, append(&client, log, payload.clone()).await, payload)
-        });
-    }
+    let tasks = append_to_each(&client, &logs);
     wait_until("the stores to wait", || {
         client.requests_waiting() >= 3 * (LOGS as usize - SLOTS)
     })
     .await;
     cluster.gate.send_replace(true);
-    while let Some(done) = tasks.join_next().await {
-        let (log, outcome, payload) = done.unwrap();
-        let lsn = outcome.unwrap_or_else(|e| panic!("append to {log}: {e}"));
-        assert_eq!(cluster.holders(log, lsn, &payload).len(), 3, "{log} {lsn}");
-    }
+    expect_each_on_3_nodes(&cluster, tasks).await;
     {
         let seen = cluster.seen.lock().unwrap();
         assert_eq!(
