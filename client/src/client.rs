@@ -76,41 +76,9 @@ pub(crate) struct Shared {
     checks_sent: AtomicU64,
     /// Logs this client made another node take over, asked there first for a while.
     takeovers: Mutex<Takeovers>,
-    /// Sequencers that refused a `SequenceMany` as a whole (a version before it), with when
-    /// to try again: until then their grants are asked for with a `Sequence` each.
-    unbatched_sequencers: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
-/// How long a sequencer that refused a `SequenceMany` is asked with single `Sequence`s
-/// before a combined request is tried again (it may have been upgraded meanwhile).
-const UNBATCHED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Shared {
-    /// Whether grant requests to `node` may go combined (`SequenceMany`).
-    pub(crate) fn batches_grants(&self, node: NodeId) -> bool {
-        let mut nodes = self
-            .unbatched_sequencers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match nodes.get(&node) {
-            Some(until) if *until > std::time::Instant::now() => false,
-            Some(_) => {
-                nodes.remove(&node);
-                true
-            }
-            None => true,
-        }
-    }
-
-    /// `node` refused a `SequenceMany` as a whole: ask it with single `Sequence`s for a while.
-    pub(crate) fn grants_unbatched(&self, node: NodeId) {
-        tracing::info!(%node, "sequencer does not take combined grant requests; asking singly");
-        self.unbatched_sequencers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node, std::time::Instant::now() + UNBATCHED_FOR);
-    }
-
     fn suspects(&self) -> MutexGuard<'_, Suspects> {
         self.suspects.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -287,7 +255,6 @@ impl Client {
             checks: Mutex::new(HashMap::new()),
             checks_sent: AtomicU64::new(0),
             takeovers: Mutex::new(Takeovers::default()),
-            unbatched_sequencers: Mutex::new(HashMap::new()),
             store_latency: crate::latency::StoreLatency::default(),
             queues: crate::append::Queues::default(),
             config,

@@ -14,9 +14,9 @@
 //! client is not slowed down; batching grows with the load, like group commit.
 //!
 //! A node that refuses a combined request whole (a version before it: it cannot decode it, so
-//! nothing was applied) gets this kind's items one by one for [`UNBATCHED_FOR`]; the items of
-//! the refused request are resent singly where [`Kind::keep`] kept copies (reports), and
-//! fail with the refusal otherwise (STOREs: the appender's next wave goes singly).
+//! nothing was applied) gets this kind's items one by one, in the form every version serves
+//! ([`Kind::alone`]), for [`UNBATCHED_FOR`], without waiting for slots; the items of the
+//! refused request are sent again that way at once.
 //!
 //! Each item keeps its own answer (the node answers every item of a combined request as if
 //! it came alone) and its own deadline: an item whose caller gave up is dropped before it is
@@ -41,8 +41,8 @@ use std::time::Duration;
 use tally_common::limits::{FRAME_OVERHEAD_BYTES, Limits};
 use tally_common::transport::{ClientProtocol, Connector, TransportError};
 use tally_common::wire::client::{
-    ClientRequest, ClientResponse, MAX_REPORTS, MAX_SEQUENCE_ASKS, MAX_STORE_BATCHES, SequenceAsk,
-    StoreAnswer, StoredReport,
+    ClientRequest, ClientResponse, MAX_REPORTS, MAX_SEQUENCE_ASKS, MAX_STORE_BATCHES,
+    SequenceAnswer, SequenceAsk, StoreAnswer, StoredReport,
 };
 use tally_common::wire::{ErrorCode, StoreBatch};
 use tokio::sync::oneshot;
@@ -62,17 +62,21 @@ pub(crate) trait Kind: Send + Sync + 'static {
     fn single(item: Self::Item) -> ClientRequest;
     /// The request of several.
     fn many(items: Vec<Self::Item>) -> ClientRequest;
-    /// The answer to `many` of `n` items as the `n` answers `single` would have had, in
-    /// order; `Err` with the answer itself when it is not one (an error for the request).
+    /// The answer to `many` of `n` items as the `n` answers each item alone would have had,
+    /// in order; `Err` with the answer itself when it is not one (an error for the request).
+    /// (The answer to `single` goes through it too where `single` is itself combined.)
     fn split(answer: ClientResponse, n: usize) -> Result<Vec<ClientResponse>, ClientResponse>;
     /// Records and bytes the item adds to a combined request.
     fn size(item: &Self::Item) -> (usize, usize);
-    /// Copies of the items of a combined request, kept to send them one by one if the node
-    /// refuses the combined request whole (a version before it): for kinds whose items are
-    /// cheap to copy and whose loss would cost more than a failed request.
-    fn keep(_items: &[Self::Item]) -> Option<Vec<Self::Item>> {
-        None
+    /// Whether `single` is itself a combined request (of one item), which a version before
+    /// combined requests refuses like any other.
+    const SINGLE_IS_COMBINED: bool = false;
+    /// The request of one item in the form every version serves.
+    fn alone(item: Self::Item) -> ClientRequest {
+        Self::single(item)
     }
+    /// The items of a request made by `single` or `many`, back (to send them again alone).
+    fn items(req: ClientRequest) -> Vec<Self::Item>;
 }
 
 /// STORE batches to a storage node. A few in flight, so a node's writer threads and group
@@ -105,6 +109,13 @@ impl Kind for Stores {
     fn size(item: &StoreBatch) -> (usize, usize) {
         let n = item.records.len();
         (n, item.payload_bytes() + (n + 1) * RECORD_OVERHEAD_BYTES)
+    }
+    fn items(req: ClientRequest) -> Vec<StoreBatch> {
+        match req {
+            ClientRequest::Store(batch) => vec![batch],
+            ClientRequest::StoreMany(batches) => batches,
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -140,17 +151,31 @@ impl Kind for Reports {
     fn size(_: &StoredReport) -> (usize, usize) {
         (0, 64)
     }
-    // A lost report holds the log's release point back until the sequencer settles the LSNs
-    // on its own; reports are a few bytes each.
-    fn keep(items: &[StoredReport]) -> Option<Vec<StoredReport>> {
-        Some(items.to_vec())
+    fn items(req: ClientRequest) -> Vec<StoredReport> {
+        match req {
+            ClientRequest::ReportStored {
+                log,
+                first,
+                count,
+                copyset,
+                wave,
+            } => vec![StoredReport {
+                log,
+                first,
+                count,
+                copyset,
+                wave,
+            }],
+            ClientRequest::ReportStoredMany(reports) => reports,
+            _ => Vec::new(),
+        }
     }
 }
 
 /// Grant requests to a sequencer (`SequenceMany`, one ask alone included, so every ask sent
-/// through here is answered without an activation). Each item's answer is the one-ask
-/// `Sequenced` answer. Two in flight: an append waits for its grant, and the sequencer
-/// answers these at once.
+/// through here is answered without an activation). Each item's answer is what a `Sequence`
+/// would have had, but `NotActive`, which stays a one-ask `Sequenced` answer. Two in flight:
+/// an append waits for its grant, and the sequencer answers these at once.
 #[derive(Debug)]
 pub(crate) struct Sequences;
 
@@ -168,13 +193,31 @@ impl Kind for Sequences {
         match answer {
             ClientResponse::Sequenced(answers) if answers.len() == n => Ok(answers
                 .into_iter()
-                .map(|a| ClientResponse::Sequenced(vec![a]))
+                .map(|a| match a {
+                    SequenceAnswer::NotActive => ClientResponse::Sequenced(vec![a]),
+                    a => a.into(),
+                })
                 .collect()),
             other => Err(other),
         }
     }
     fn size(_: &SequenceAsk) -> (usize, usize) {
         (0, 32)
+    }
+    const SINGLE_IS_COMBINED: bool = true;
+    /// A plain `Sequence`, answered like one (it may activate the log).
+    fn alone(ask: SequenceAsk) -> ClientRequest {
+        ClientRequest::Sequence {
+            log: ask.log,
+            count: ask.count,
+            no_redirect: false,
+        }
+    }
+    fn items(req: ClientRequest) -> Vec<SequenceAsk> {
+        match req {
+            ClientRequest::SequenceMany(asks) => asks,
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -197,6 +240,9 @@ struct Waiting<T> {
 struct NodeQueue<T> {
     in_flight: usize,
     waiting: VecDeque<Waiting<T>>,
+    /// The node refused a combined request: until then, items go alone (see the module
+    /// documentation).
+    unbatched_until: Option<Instant>,
 }
 
 impl<T> Default for NodeQueue<T> {
@@ -204,8 +250,40 @@ impl<T> Default for NodeQueue<T> {
         NodeQueue {
             in_flight: 0,
             waiting: VecDeque::new(),
+            unbatched_until: None,
         }
     }
+}
+
+impl<T> NodeQueue<T> {
+    fn unbatched(&mut self, now: Instant) -> bool {
+        match self.unbatched_until {
+            Some(until) if until > now => true,
+            Some(_) => {
+                self.unbatched_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// Where an item goes from `Mux::send`.
+enum Turn<T> {
+    /// A slot is ours: send it now.
+    Slot(T),
+    /// The node takes no combined requests: send it alone, without a slot.
+    Alone(T),
+    /// Wait for its answer.
+    Wait(oneshot::Receiver<Reply>),
+}
+
+/// Whether `answer` refuses the request whole: a `BadRequest` for the request, not per item
+/// (what a version that cannot decode the request answers; nothing of it was applied).
+fn refused(answer: &Reply) -> bool {
+    matches!(answer,
+        Ok(ClientResponse::Error(e)) | Err(TransportError::Remote(e))
+            if e.code == ErrorCode::BadRequest)
 }
 
 /// The requests of kind `K` of one client, per node. See the module documentation.
@@ -217,9 +295,6 @@ pub(crate) struct Mux<K: Kind> {
     /// (`Connector::call_watched`).
     silence: Option<Duration>,
     nodes: Mutex<HashMap<SocketAddr, NodeQueue<K::Item>>>,
-    /// Nodes that refused a combined request whole (a version before it), and until when
-    /// their items go alone, each at once, without waiting for a slot.
-    unbatched: Mutex<HashMap<SocketAddr, Instant>>,
     _kind: PhantomData<K>,
 }
 
@@ -252,7 +327,6 @@ impl<K: Kind> Mux<K> {
             tracker,
             silence,
             nodes: Mutex::new(HashMap::new()),
-            unbatched: Mutex::new(HashMap::new()),
             _kind: PhantomData,
         }
     }
@@ -275,17 +349,16 @@ impl<K: Kind> Mux<K> {
         item: K::Item,
         timeout: Duration,
     ) -> Reply {
-        let deadline = Instant::now() + timeout;
-        if self.is_unbatched(addr) {
-            return self.call(addr, &K::single(item), timeout).await;
-        }
-        // Ok: a slot is ours, send now; Err: wait for the item's answer.
+        let now = Instant::now();
+        let deadline = now + timeout;
         let turn = {
             let mut nodes = self.nodes();
             let queue = nodes.entry(addr).or_default();
-            if queue.in_flight < K::SLOTS {
+            if queue.unbatched(now) {
+                Turn::Alone(item)
+            } else if queue.in_flight < K::SLOTS {
                 queue.in_flight += 1;
-                Ok(item)
+                Turn::Slot(item)
             } else {
                 let (reply, rx) = oneshot::channel();
                 queue.waiting.push_back(Waiting {
@@ -293,42 +366,59 @@ impl<K: Kind> Mux<K> {
                     deadline,
                     reply,
                 });
-                Err(rx)
+                Turn::Wait(rx)
             }
         };
-        let item = match turn {
-            Ok(item) => item,
-            Err(rx) => {
-                return match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(reply)) => reply,
-                    // Dropped unsent at its deadline (or the runtime is going away).
-                    Ok(Err(_)) | Err(_) => Err(TransportError::Timeout(timeout)),
-                };
+        match turn {
+            Turn::Slot(item) => {
+                let _slot = Slot { mux: self, addr };
+                self.send_one(addr, item, timeout).await
             }
-        };
-        let _slot = Slot { mux: self, addr };
-        self.send_one(addr, item, timeout).await
-    }
-
-    fn is_unbatched(&self, addr: SocketAddr) -> bool {
-        let mut nodes = self.unbatched.lock().unwrap_or_else(|e| e.into_inner());
-        match nodes.get(&addr) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                nodes.remove(&addr);
-                false
-            }
-            None => false,
+            Turn::Alone(item) => self.call(addr, &K::alone(item), timeout).await,
+            Turn::Wait(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(reply)) => reply,
+                // Dropped unsent at its deadline (or the runtime is going away).
+                Ok(Err(_)) | Err(_) => Err(TransportError::Timeout(timeout)),
+            },
         }
     }
 
     /// Sends `item` alone on a slot already held.
     async fn send_one(&self, addr: SocketAddr, item: K::Item, timeout: Duration) -> Reply {
-        let answer = self.call(addr, &K::single(item), timeout).await;
+        let req = K::single(item);
+        let answer = self.call(addr, &req, timeout).await;
+        if K::SINGLE_IS_COMBINED {
+            if refused(&answer) {
+                let mut answers = self.resend_alone(addr, req, timeout).await;
+                return answers.pop().unwrap_or(answer);
+            }
+            if let Ok(combined) = answer {
+                // `split` answers `Ok` with exactly one answer for one item.
+                let mut one = K::split(combined, 1).unwrap_or_else(|other| vec![other]);
+                return Ok(one.swap_remove(0));
+            }
+        }
         if let Err(e) = &answer {
             self.fail_waiting(addr, e);
         }
         answer
+    }
+
+    /// The node refused `req`, a combined request, whole: its items go alone from now on
+    /// (for [`UNBATCHED_FOR`]), these ones at once. Their answers, in order.
+    async fn resend_alone(
+        &self,
+        addr: SocketAddr,
+        req: ClientRequest,
+        timeout: Duration,
+    ) -> Vec<Reply> {
+        tracing::info!(%addr, "node refused a combined request; sending its items singly");
+        if let Some(queue) = self.nodes().get_mut(&addr) {
+            queue.unbatched_until = Some(Instant::now() + UNBATCHED_FOR);
+        }
+        let requests: Vec<ClientRequest> = K::items(req).into_iter().map(K::alone).collect();
+        let sends = requests.iter().map(|req| self.call(addr, req, timeout));
+        futures_util::future::join_all(sends).await
     }
 
     async fn call(&self, addr: SocketAddr, req: &ClientRequest, timeout: Duration) -> Reply {
@@ -372,7 +462,10 @@ impl<K: Kind> Mux<K> {
             let group = take_group::<K>(&mut queue.waiting, self.connector.limits());
             if group.is_empty() {
                 queue.in_flight = queue.in_flight.saturating_sub(1);
-                if queue.in_flight == 0 && queue.waiting.is_empty() {
+                if queue.in_flight == 0
+                    && queue.waiting.is_empty()
+                    && !queue.unbatched(Instant::now())
+                {
                     nodes.remove(&addr);
                 }
                 return;
@@ -404,31 +497,14 @@ impl<K: Kind> Mux<K> {
             return;
         }
         let sent = items.len();
-        let kept = K::keep(&items);
-        let answer = self.call(addr, &K::many(items), timeout).await;
-        let refused = match &answer {
-            Ok(ClientResponse::Error(e)) | Err(TransportError::Remote(e)) => {
-                e.code == ErrorCode::BadRequest
+        let req = K::many(items);
+        let answer = self.call(addr, &req, timeout).await;
+        if refused(&answer) {
+            let answers = self.resend_alone(addr, req, timeout).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
             }
-            _ => false,
-        };
-        if refused {
-            // Refused whole, not per item: a version that cannot decode the combined request
-            // (so nothing of it was applied). Its items go alone for a while.
-            tracing::info!(%addr, "node refused a combined request; sending its items singly");
-            self.unbatched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(addr, Instant::now() + UNBATCHED_FOR);
-            if let Some(items) = kept {
-                let requests: Vec<ClientRequest> = items.into_iter().map(K::single).collect();
-                let sends = requests.iter().map(|req| self.call(addr, req, timeout));
-                let answers = futures_util::future::join_all(sends).await;
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
-                }
-                return;
-            }
+            return;
         }
         match answer {
             Ok(answer) => match K::split(answer, sent) {
@@ -508,6 +584,7 @@ fn same_error(e: &TransportError) -> TransportError {
 mod tests {
     use super::*;
     use tally_common::limits::Limits;
+    use tally_common::wire::RemoteError;
     use tally_common::wire::StoreRecord;
     use tally_common::{Copyset, Durability, Epoch, Esn, LogId, Lsn, NodeId, RecordFlags};
 
@@ -573,6 +650,54 @@ mod tests {
         assert_eq!(take_group::<Stores>(&mut queue, &limits).len(), 1);
         assert_eq!(take_group::<Stores>(&mut queue, &limits).len(), 1);
         assert!(take_group::<Stores>(&mut queue, &limits).is_empty());
+    }
+
+    /// What a refused request is sent again as: its own items, in order.
+    #[test]
+    fn the_items_of_a_request_come_back_as_sent() {
+        fn round_trip<K: Kind>(items: Vec<K::Item>)
+        where
+            K::Item: Clone + PartialEq,
+        {
+            assert!(K::items(K::many(items.clone())) == items);
+            for item in items {
+                assert!(K::items(K::single(item.clone())) == vec![item]);
+            }
+        }
+        round_trip::<Stores>(vec![batch(1, 2, 10), batch(2, 1, 5)]);
+        let report = |log| StoredReport {
+            log: LogId(log),
+            first: Lsn::new(Epoch(1), Esn(1)),
+            count: 2,
+            copyset: Copyset::new(vec![NodeId(1)]).expect("copyset"),
+            wave: 1,
+        };
+        round_trip::<Reports>(vec![report(1), report(2)]);
+        let ask = |log| SequenceAsk {
+            log: LogId(log),
+            count: 3,
+        };
+        round_trip::<Sequences>(vec![ask(1), ask(2)]);
+        // A grant asked alone is a plain `Sequence`, which every version serves.
+        assert!(matches!(
+            Sequences::alone(ask(4)),
+            ClientRequest::Sequence {
+                log: LogId(4),
+                count: 3,
+                no_redirect: false
+            }
+        ));
+    }
+
+    #[test]
+    fn only_a_bad_request_for_the_whole_request_is_a_refusal() {
+        let bad = RemoteError::new(ErrorCode::BadRequest, "unknown variant");
+        assert!(refused(&Ok(ClientResponse::Error(bad.clone()))));
+        assert!(refused(&Err(TransportError::Remote(bad))));
+        let busy = RemoteError::new(ErrorCode::Unavailable, "later");
+        assert!(!refused(&Ok(ClientResponse::Error(busy))));
+        assert!(!refused(&Ok(ClientResponse::Ack)));
+        assert!(!refused(&Err(TransportError::NoAnswer)));
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! (`mux::Sequences`, one `SequenceMany` for the asks of many logs waiting at once), which
 //! the sequencer answers without activating anything; a log it answers `NotActive` (not
 //! running there yet, or moving to a new epoch) is asked for again at once with a `Sequence`
-//! of its own, which activates it. Takeovers (`no_redirect`) always go alone.
+//! of its own, which activates it. Takeovers (`no_redirect`) always go alone. (A sequencer of
+//! a version before `SequenceMany` is asked with plain `Sequence`s by the batcher itself.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -144,29 +145,9 @@ pub(crate) async fn request_grant(
             }
             let timeout = config.request_timeout.min(deadline - now);
             let answer = match shared.cluster.address(target).await {
-                Some(addr) if !no_redirect && !alone && shared.batches_grants(target) => {
+                Some(addr) if !no_redirect && !alone => {
                     let ask = SequenceAsk { log, count };
-                    let not_active = || ClientResponse::Sequenced(vec![SequenceAnswer::NotActive]);
-                    match shared.sequences.send(addr, ask, timeout).await {
-                        Ok(ClientResponse::Sequenced(mut answers)) if answers.len() == 1 => {
-                            match answers.pop() {
-                                Some(SequenceAnswer::NotActive) => Ok(not_active()),
-                                Some(answer) => Ok(answer.into()),
-                                None => Err(TransportError::NoAnswer),
-                            }
-                        }
-                        // Refused as a whole, not per ask: a version that does not know
-                        // `SequenceMany` (it could not decode it, so nothing was granted).
-                        // Ask it alone, and keep doing so for a while.
-                        Ok(ClientResponse::Error(e)) | Err(TransportError::Remote(e))
-                            if e.code == ErrorCode::BadRequest =>
-                        {
-                            tracing::debug!(%log, node = %target, error = %e, "SequenceMany refused");
-                            shared.grants_unbatched(target);
-                            Ok(not_active())
-                        }
-                        other => other,
-                    }
+                    shared.sequences.send(addr, ask, timeout).await
                 }
                 Some(addr) => {
                     let req = ClientRequest::Sequence {

@@ -501,6 +501,15 @@ impl Cluster {
         log
     }
 
+    /// Logs `1..=count`, each of `replication`.
+    async fn create_logs(&self, count: u64, replication: u8) -> Vec<LogId> {
+        let mut logs = Vec::new();
+        for log in 1..=count {
+            logs.push(self.create_log(log, replication).await);
+        }
+        logs
+    }
+
     fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(
             vec![self.sequencers[0].addr.to_string()],
@@ -666,10 +675,7 @@ async fn stores_waiting_for_a_busy_node_go_out_together() {
     // Store requests the client keeps in flight per node (client `STORE_REQUESTS_PER_NODE`).
     const SLOTS: usize = 4;
     let cluster = Cluster::start(3).await;
-    let mut logs = Vec::new();
-    for log in 1..=LOGS {
-        logs.push(cluster.create_log(log, 3).await);
-    }
+    let logs = cluster.create_logs(LOGS, 3).await;
     let client = cluster.client(cluster.config()).await;
     // Warm up (activations, connections), then hold every store's answer.
     for log in &logs {
@@ -732,10 +738,7 @@ async fn grant_requests_waiting_for_a_busy_sequencer_go_out_together() {
     // Grant requests the client keeps in flight per sequencer (`mux::Sequences::SLOTS`).
     const SLOTS: usize = 2;
     let cluster = Cluster::start(3).await;
-    let mut logs = Vec::new();
-    for log in 1..=LOGS + 1 {
-        logs.push(cluster.create_log(log, 3).await);
-    }
+    let mut logs = cluster.create_logs(LOGS + 1, 3).await;
     let fresh = logs.pop().unwrap();
     let client = cluster.client(cluster.config()).await;
     let seq = cluster.sequencers[0].counting.clone();
@@ -824,10 +827,7 @@ async fn nodes_that_refuse_combined_requests_get_single_ones() {
     const LOGS: u64 = 40;
     const SLOTS: usize = 4;
     let cluster = Cluster::start(3).await;
-    let mut logs = Vec::new();
-    for log in 1..=LOGS {
-        logs.push(cluster.create_log(log, 3).await);
-    }
+    let logs = cluster.create_logs(LOGS, 3).await;
     let seq = cluster.sequencers[0].counting.clone();
     seq.refuse_many.store(true, Ordering::SeqCst);
     cluster.seen.lock().unwrap().refuse_many = true;
