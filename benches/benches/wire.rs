@@ -22,7 +22,7 @@ fn store_1k() -> ClientRequest {
             lsn: Lsn::new(Epoch(3), Esn(1001)),
             timestamp_ms: 1_763_000_000_000,
             payload_crc32: payload_crc32(&payload),
-            payload,
+            payload: payload.into(),
         }],
     })
 }

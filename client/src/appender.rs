@@ -256,7 +256,7 @@ impl Appender {
                 lsn: Lsn(grant.first.0 + i as u64),
                 timestamp_ms: grant.timestamp_ms,
                 payload_crc32: payload_crc32(&payload),
-                payload,
+                payload: payload.into(),
             })
             .collect();
         let mut appender = Appender {
@@ -573,7 +573,7 @@ impl Appender {
                     lsn: r.lsn,
                     timestamp_ms: r.timestamp_ms,
                     payload_crc32: r.payload_crc32,
-                    payload: Vec::new(),
+                    payload: bytes::Bytes::new(),
                 })
                 .collect()
         } else {
@@ -693,9 +693,12 @@ impl Appender {
     }
 
     /// The payloads of the batch, given back (to append them again in a new grant after a
-    /// failure that stored nothing).
+    /// failure that stored nothing). No copy once the STOREs holding them are gone.
     pub fn into_payloads(self) -> Vec<Vec<u8>> {
-        self.records.into_iter().map(|r| r.payload).collect()
+        self.records
+            .into_iter()
+            .map(|r| Vec::from(r.payload))
+            .collect()
     }
 }
 

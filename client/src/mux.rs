@@ -601,7 +601,7 @@ mod tests {
                     lsn: Lsn::new(Epoch(1), Esn(i)),
                     timestamp_ms: 0,
                     payload_crc32: 0,
-                    payload: vec![0; payload],
+                    payload: vec![0; payload].into(),
                 })
                 .collect(),
         }

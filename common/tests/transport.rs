@@ -185,6 +185,40 @@ async fn ten_thousand_requests_over_sixteen_streams() {
     assert_eq!(answered, 10_000);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_finds_loopback_jumbo_datagrams() {
+    // Loopback carries 64 KiB datagrams: discovery must climb far past Ethernet's 1,452 bytes,
+    // so a 1 KiB record or a read batch costs one packet (one seal, one ACK) instead of many.
+    let fx = start();
+    let client = client(&fx.certs);
+    let log = LogId(1);
+    let tail = ClientResponse::Tail { lsn: Lsn(7) };
+    assert_eq!(
+        client
+            .call(fx.addr, &ClientRequest::GetTail { log }, T)
+            .await
+            .unwrap(),
+        tail
+    );
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let mtu = client.path_mtu(fx.addr).expect("a connection");
+        if mtu >= 16 * 1024 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "path MTU stuck at {mtu} bytes"
+        );
+        // Traffic keeps the probes' ACKs coming.
+        client
+            .call(fx.addr, &ClientRequest::GetTail { log }, T)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn client_from_another_ca_is_refused() {
     let fx = start();
@@ -261,7 +295,7 @@ fn store(payload_bytes: usize) -> ClientRequest {
             lsn: Lsn::new(Epoch(1), Esn(1)),
             timestamp_ms: 1,
             payload_crc32: tally_common::payload_crc32(&payload),
-            payload,
+            payload: payload.into(),
         }],
     })
 }

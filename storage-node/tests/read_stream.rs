@@ -417,7 +417,7 @@ async fn time_and_payload_filters_skip_records_but_pass_them() {
     for r in &mut b.records {
         let esn = r.lsn.esn().0;
         let text = if esn % 3 == 0 { "error" } else { "ok" };
-        r.payload = format!("request {esn}: {text}").into_bytes();
+        r.payload = format!("request {esn}: {text}").into_bytes().into();
         r.payload_crc32 = payload_crc32(&r.payload);
     }
     store(&fx, &client, b).await;
@@ -431,7 +431,7 @@ async fn time_and_payload_filters_skip_records_but_pass_them() {
         let mut plug = batch(log, 2, esn..=esn);
         plug.flags = flag | RecordFlags::WRITTEN_BY_RECOVERY;
         plug.wave_or_seal = 3;
-        plug.records[0].payload = Vec::new();
+        plug.records[0].payload = Default::default();
         plug.records[0].payload_crc32 = payload_crc32(&[]);
         store(&fx, &client, plug).await;
     }

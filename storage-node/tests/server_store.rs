@@ -102,7 +102,9 @@ async fn a_bad_checksum_refuses_the_whole_batch() {
     assert!(fx.records(log).is_empty(), "nothing of the batch is stored");
     // A flipped payload byte is caught the same way.
     let mut b = batch(log, 2, 1..=2);
-    b.records[0].payload[0] ^= 0xff;
+    let mut flipped = b.records[0].payload.to_vec();
+    flipped[0] ^= 0xff;
+    b.records[0].payload = flipped.into();
     let resp = client
         .call(fx.addr, &ClientRequest::Store(b), T)
         .await
@@ -431,7 +433,9 @@ async fn store_many_answers_each_batch_as_if_alone() {
         NodeResponse::Sealed { seal: Epoch(5), .. }
     ));
     let mut bad = batch(corrupt, 2, 1..=2);
-    bad.records[1].payload[0] ^= 0xff;
+    let mut flipped = bad.records[1].payload.to_vec();
+    flipped[0] ^= 0xff;
+    bad.records[1].payload = flipped.into();
     let mut elsewhere = batch(foreign, 2, 1..=2);
     elsewhere.copyset = tally_common::Copyset::new(vec![NodeId(7), NodeId(8)]).unwrap();
     let request = ClientRequest::StoreMany(vec![

@@ -172,7 +172,7 @@ impl FakeStorage {
                     seen.bad_amends.push(received);
                 } else if !amend {
                     for r in &batch.records {
-                        held.insert((batch.log, r.lsn), r.payload.clone());
+                        held.insert((batch.log, r.lsn), r.payload.to_vec());
                     }
                 }
             }

@@ -117,7 +117,7 @@ impl Raw {
                 lsn: grant.first,
                 timestamp_ms: grant.timestamp_ms,
                 payload_crc32: payload_crc32(&payload),
-                payload,
+                payload: payload.into(),
             }],
         };
         match self

@@ -479,7 +479,7 @@ async fn store_and_report(
             lsn: grant.first,
             timestamp_ms: grant.timestamp_ms,
             payload_crc32: payload_crc32(&payload),
-            payload,
+            payload: payload.into(),
         }],
     };
     for node in copyset.nodes() {

@@ -133,7 +133,7 @@ impl Raw {
                 lsn: Lsn::new(grant.first.epoch(), Esn(grant.first.esn().0 + index)),
                 timestamp_ms: grant.timestamp_ms,
                 payload_crc32: payload_crc32(payload),
-                payload: payload.to_vec(),
+                payload: payload.to_vec().into(),
             }],
         };
         match self

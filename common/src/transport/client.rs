@@ -69,6 +69,20 @@ impl<P: Protocol> Connector<P> {
         &self.config.limits
     }
 
+    /// The largest UDP payload the open connection to `addr` sends (path MTU discovery's
+    /// current answer); `None` without a connection.
+    pub fn path_mtu(&self, addr: SocketAddr) -> Option<u16> {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)?
+            .clone();
+        let guard = slot.try_lock().ok()?;
+        let conn = guard.as_ref()?;
+        Some(conn.stats().path.current_mtu)
+    }
+
     /// Sends one request and waits for its answer, all within `timeout`.
     pub async fn call(
         &self,

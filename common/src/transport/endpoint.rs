@@ -17,6 +17,19 @@
 //! timeout of tens to hundreds of milliseconds at a flight's tail. The kernel caps the size
 //! at `net.core.rmem_max` / `wmem_max`; a node that gets less than [`SOCKET_BUFFER_MIN_BYTES`]
 //! says so once in its log (`ops/setup.sh` and docs/OPERATIONS.md raise the limits).
+//!
+//! Datagrams are as large as the path carries. Every endpoint accepts UDP payloads up to
+//! [`MAX_UDP_PAYLOAD`] and runs path MTU discovery up to it (`TransportConfig::quic`): from
+//! QUIC's safe 1,200 bytes it probes upwards right after the handshake and settles on what the
+//! path delivers — about 1,450 bytes on plain Ethernet, 8,950 with jumbo frames, 64 KiB on
+//! loopback. Fewer, larger packets mean fewer seals, header protections and ACKs per megabyte,
+//! all of it CPU in user space. A path that later shrinks is caught by QUIC's black-hole
+//! detection, which falls back to 1,200 bytes and probes again.
+//!
+//! quinn sizes an endpoint's receive buffers as the largest payload times the segments the
+//! kernel may coalesce into one read (GRO) times the batch of reads: with 64 KiB payloads and
+//! Linux's 64 segments, 128 MiB per endpoint. A coalesced read never exceeds 64 KiB (GRO and
+//! GSO stop there), so [`ReceiveSized`] reports just enough segments for 64 KiB: 4 MiB.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +38,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 /// Below this (after the kernel's cap), the log says how to raise the cap.
 pub const SOCKET_BUFFER_MIN_BYTES: usize = 2 << 20;
+
+/// Largest UDP payload an endpoint accepts and path MTU discovery searches up to: the most an
+/// IPv4 datagram carries (65,535 bytes less 20 of IP and 8 of UDP header).
+pub(crate) const MAX_UDP_PAYLOAD: u16 = 65_507;
+
+/// The most the kernel hands over in one coalesced (GRO) read.
+const MAX_COALESCED_READ: usize = 64 << 10;
 
 /// A UDP socket bound to `addr` with [`SOCKET_BUFFER_BYTES`] of buffer asked for each way.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -60,12 +80,73 @@ pub(crate) fn bind(
     let socket = runtime.wrap_udp_socket(udp_socket(addr)?)?;
     #[cfg(feature = "fault-injection")]
     let socket = faults::wrap(socket);
-    quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        server_config,
-        socket,
-        runtime,
-    )
+    let socket = ReceiveSized::wrap(socket);
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::other(format!("{e}")))?;
+    quinn::Endpoint::new_with_abstract_socket(config, server_config, socket, runtime)
+}
+
+/// A UDP socket that asks quinn for receive buffers of [`MAX_COALESCED_READ`] per read.
+#[derive(Debug)]
+struct ReceiveSized {
+    inner: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
+    receive_segments: usize,
+}
+
+impl ReceiveSized {
+    fn wrap(inner: std::sync::Arc<dyn quinn::AsyncUdpSocket>) -> std::sync::Arc<Self> {
+        let receive_segments = receive_segments(inner.max_receive_segments());
+        std::sync::Arc::new(ReceiveSized {
+            inner,
+            receive_segments,
+        })
+    }
+}
+
+/// Segments of [`MAX_UDP_PAYLOAD`] that cover one coalesced read, at most what the socket
+/// coalesces.
+fn receive_segments(socket_segments: usize) -> usize {
+    MAX_COALESCED_READ
+        .div_ceil(usize::from(MAX_UDP_PAYLOAD))
+        .min(socket_segments)
+        .max(1)
+}
+
+impl quinn::AsyncUdpSocket for ReceiveSized {
+    fn create_io_poller(self: std::sync::Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.receive_segments
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 #[cfg(feature = "fault-injection")]
@@ -236,5 +317,18 @@ mod tests {
             send >= 2 * SOCKET_BUFFER_BYTES.min(cap("wmem_max")),
             "{send}"
         );
+    }
+
+    /// quinn's receive buffer per read is the payload limit times these segments: it must
+    /// hold the largest coalesced read, and no more than two payloads' worth.
+    #[test]
+    fn receive_buffers_hold_one_coalesced_read() {
+        let per_read = |segments: usize| usize::from(MAX_UDP_PAYLOAD) * receive_segments(segments);
+        // Linux with GRO (64 segments), without it (1), and anything in between.
+        for socket_segments in [64, 16, 2] {
+            assert!(per_read(socket_segments) >= MAX_COALESCED_READ);
+            assert!(per_read(socket_segments) <= 2 * MAX_COALESCED_READ);
+        }
+        assert_eq!(receive_segments(1), 1);
     }
 }

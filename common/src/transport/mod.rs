@@ -137,6 +137,9 @@ impl TransportConfig {
             .stream_receive_window(quinn::VarInt::from_u32(frame))
             .receive_window(quinn::VarInt::from_u32(in_flight.max(frame)))
             .keep_alive_interval(Some(self.keep_alive));
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(endpoint::MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));
         }

@@ -175,6 +175,16 @@ fn check_report(log: &LogId, first: &Lsn, count: u32, copyset: &Copyset) -> Resu
 pub const MAX_STORE_BATCHES: usize = 256;
 
 impl ClientRequest {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        match self {
+            ClientRequest::Store(batch) => batch.encoded_len_hint(),
+            ClientRequest::StoreMany(batches) => {
+                batches.iter().map(StoreBatch::encoded_len_hint).sum()
+            }
+            _ => super::ENCODED_OVERHEAD_HINT,
+        }
+    }
+
     fn check(&self, limits: &Limits) -> Result<(), String> {
         let user_log = |log: &LogId| {
             if log.is_user() {
@@ -448,6 +458,19 @@ pub struct LogListing {
 pub const MAX_LISTED_LOGS: usize = 1 << 16;
 
 impl ClientResponse {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        match self {
+            ClientResponse::Records(records) => {
+                super::ENCODED_OVERHEAD_HINT
+                    + records
+                        .iter()
+                        .map(ReadRecord::encoded_len_hint)
+                        .sum::<usize>()
+            }
+            _ => super::ENCODED_OVERHEAD_HINT,
+        }
+    }
+
     fn check(&self, limits: &Limits) -> Result<(), String> {
         match self {
             ClientResponse::ClusterState { nodes, .. } if nodes.len() > 4096 => {

@@ -73,7 +73,7 @@ fn store_batch() -> impl Strategy<Value = StoreBatch> {
                         lsn: Lsn::new(Epoch(epoch), Esn(first + i as u32)),
                         timestamp_ms: ts,
                         payload_crc32: crate::record::payload_crc32(&payload),
-                        payload,
+                        payload: payload.into(),
                     })
                     .collect();
                 StoreBatch {
@@ -524,6 +524,31 @@ fn roundtrip<M: WireMessage + PartialEq + std::fmt::Debug>(msg: &M) -> Result<()
     Ok(())
 }
 
+/// Messages that carry payloads encode into one allocation: the size hint covers the archive.
+fn hint_covers(encoded: usize, hint: usize) -> Result<(), TestCaseError> {
+    prop_assert!(encoded <= hint, "{encoded} bytes encoded, {hint} hinted");
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn payload_messages_encode_within_their_size_hint(
+        batch in store_batch(),
+        batches in vec(store_batch(), 1..4),
+        records in read_records(),
+    ) {
+        for msg in [ClientRequest::Store(batch.clone()), ClientRequest::StoreMany(batches)] {
+            hint_covers(msg.encode().unwrap().len(), msg.encoded_len_hint())?;
+        }
+        let msg = NodeRequest::Store(batch);
+        hint_covers(msg.encode().unwrap().len(), msg.encoded_len_hint())?;
+        let msg = ClientResponse::Records(records.clone());
+        hint_covers(msg.encode().unwrap().len(), msg.encoded_len_hint())?;
+        let msg = NodeResponse::DigestRecords(records);
+        hint_covers(msg.encode().unwrap().len(), msg.encoded_len_hint())?;
+    }
+}
+
 /// Flips bytes of a valid encoding: the decoder must return a value or an error.
 fn corrupt_never_panics<M: WireMessage>(msg: &M, flips: &[(usize, u8)], cut: usize) {
     let limits = crate::Limits::default();
@@ -604,7 +629,7 @@ fn validation_rejects_limit_breaks() {
             lsn: Lsn::new(Epoch(1), Esn(1)),
             timestamp_ms: 0,
             payload_crc32: 0,
-            payload: vec![0; 11],
+            payload: vec![0; 11].into(),
         }],
     };
     let msg = ClientRequest::Store(batch.clone());

@@ -183,17 +183,26 @@ pub trait WireMessage: Sized + Send + Sync + 'static {
     }
 }
 
+/// Bytes an archive needs besides the payloads it carries, per message and per record: a
+/// size hint, so encoding allocates the frame body once instead of doubling it (and copying
+/// every payload again) as it grows.
+pub(crate) const ENCODED_OVERHEAD_HINT: usize = 256;
+
 /// Implements the rkyv half of [`WireMessage`] for a concrete type; the type supplies
-/// `validate` through an inherent `check(&self, &Limits) -> Result<(), String>`.
+/// `validate` through an inherent `check(&self, &Limits) -> Result<(), String>`, and the
+/// capacity to encode into through an inherent `encoded_len_hint(&self) -> usize`.
 macro_rules! wire_message {
     ($ty:ty, $name:literal) => {
         impl $crate::wire::WireMessage for $ty {
             const NAME: &'static str = $name;
 
             fn encode(&self) -> Result<rkyv::util::AlignedVec, $crate::wire::EncodeError> {
-                rkyv::to_bytes::<rkyv::rancor::Error>(self).map_err(|e| $crate::wire::EncodeError {
-                    message: $name,
-                    detail: e.to_string(),
+                let buffer = rkyv::util::AlignedVec::<16>::with_capacity(self.encoded_len_hint());
+                rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(self, buffer).map_err(|e| {
+                    $crate::wire::EncodeError {
+                        message: $name,
+                        detail: e.to_string(),
+                    }
                 })
             }
 

@@ -63,6 +63,13 @@ pub enum NodeRequest {
 }
 
 impl NodeRequest {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        match self {
+            NodeRequest::Store(batch) => batch.encoded_len_hint(),
+            _ => super::ENCODED_OVERHEAD_HINT,
+        }
+    }
+
     fn check(&self, limits: &Limits) -> Result<(), String> {
         match self {
             NodeRequest::Release { releases, .. } if releases.len() > MAX_RELEASES => {
@@ -125,6 +132,19 @@ pub enum NodeResponse {
 }
 
 impl NodeResponse {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        match self {
+            NodeResponse::DigestRecords(records) => {
+                super::ENCODED_OVERHEAD_HINT
+                    + records
+                        .iter()
+                        .map(ReadRecord::encoded_len_hint)
+                        .sum::<usize>()
+            }
+            _ => super::ENCODED_OVERHEAD_HINT,
+        }
+    }
+
     fn check(&self, limits: &Limits) -> Result<(), String> {
         match self {
             NodeResponse::DigestRecords(records) => {

@@ -57,6 +57,10 @@ pub struct RemoteError {
 }
 
 impl RemoteError {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        super::ENCODED_OVERHEAD_HINT + self.message.len()
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RemoteError {
         RemoteError {
             code,
@@ -83,8 +87,8 @@ pub struct StoreRecord {
     pub lsn: Lsn,
     pub timestamp_ms: u64,
     pub payload_crc32: u32,
-    /// Empty for `AMEND` stores.
-    pub payload: Vec<u8>,
+    /// Empty for `AMEND` stores. Shared, not copied, between the STOREs of a record's copies.
+    pub payload: bytes::Bytes,
 }
 
 /// A run of consecutive records of one log sent to one copyset member (DESIGN §6 step 3).
@@ -103,6 +107,12 @@ pub struct StoreBatch {
 }
 
 impl StoreBatch {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        super::ENCODED_OVERHEAD_HINT
+            + self.records.len() * 32
+            + self.records.iter().map(|r| r.payload.len()).sum::<usize>()
+    }
+
     pub(crate) fn check(&self, limits: &Limits) -> Result<(), String> {
         if !self.log.is_user() && !self.log.is_internal() {
             return Err(format!("invalid log id {}", self.log.0));
@@ -215,6 +225,10 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        super::ENCODED_OVERHEAD_HINT + self.payload.len()
+    }
+
     pub(crate) fn check(&self, limits: &Limits) -> Result<(), String> {
         self.header.copyset.validate().map_err(|e| e.to_string())?;
         if !self.header.flags.is_known() {

@@ -269,7 +269,7 @@ proptest! {
                 match winners.get(&esn) {
                     Some(Win::Record(payload)) => {
                         prop_assert_eq!(plugs, 0, "plug over a record at {}", esn);
-                        prop_assert!(at.iter().all(|s| &s.batch.records[0].payload == payload));
+                        prop_assert!(at.iter().all(|s| s.batch.records[0].payload == payload));
                     }
                     Some(Win::Hole) => {
                         prop_assert_eq!(plugs, at.len());

@@ -90,7 +90,7 @@ pub(super) fn store_batch(
                 lsn,
                 timestamp_ms: r.header.timestamp_ms,
                 payload_crc32: r.header.payload_crc32,
-                payload: r.payload.clone(),
+                payload: r.payload.clone().into(),
             },
         ),
         WriteKind::Plug { timestamp_ms } => (base | RecordFlags::HOLE, empty(lsn, *timestamp_ms)),
@@ -115,7 +115,7 @@ fn empty(lsn: Lsn, timestamp_ms: u64) -> StoreRecord {
         lsn,
         timestamp_ms,
         payload_crc32: payload_crc32(&[]),
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
     }
 }
 

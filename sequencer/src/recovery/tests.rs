@@ -178,8 +178,12 @@ fn full_recovery_rereplicates_plugs_holes_and_bridges_then_cleans() {
         k2.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
         vec![NodeId(1), NodeId(2)]
     );
-    assert!(k2.iter().all(|(_, f, p)| *f == rec && p == b"b"));
-    assert!(kinds(4).iter().all(|(_, f, p)| *f == rec && p == b"c"));
+    assert!(k2.iter().all(|(_, f, p)| *f == rec && p[..] == b"b"[..]));
+    assert!(
+        kinds(4)
+            .iter()
+            .all(|(_, f, p)| *f == rec && p[..] == b"c"[..])
+    );
     assert!(
         kinds(4).iter().any(|(n, _, _)| *n == NodeId(3)),
         "holder first"
@@ -286,7 +290,7 @@ fn grace_period_lets_a_straggler_contribute() {
     assert!(
         stores
             .iter()
-            .any(|b| b.records[0].lsn.esn() == Esn(2) && b.records[0].payload == b"late")
+            .any(|b| b.records[0].lsn.esn() == Esn(2) && b.records[0].payload[..] == b"late"[..])
     );
 }
 
@@ -363,7 +367,7 @@ fn non_authoritative_digest_plugs_nothing_and_bridges_after_the_known_tail() {
     assert!(
         c.stores_at(2)
             .iter()
-            .all(|s| s.batch.records[0].payload == b"a")
+            .all(|s| s.batch.records[0].payload[..] == b"a"[..])
     );
     // Unavailable nodes take no recovery writes.
     assert!(

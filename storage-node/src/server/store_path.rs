@@ -153,7 +153,7 @@ impl StorageNode {
                     copyset: copyset.clone(),
                     payload_crc32: r.payload_crc32,
                 },
-                payload: r.payload,
+                payload: Vec::from(r.payload),
             })
             .collect();
         // LogsDB checks every payload against its crc32 (one pass, also seeding the stored

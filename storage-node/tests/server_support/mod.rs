@@ -180,7 +180,7 @@ pub fn batch(log: LogId, epoch: u32, esns: std::ops::RangeInclusive<u32>) -> Sto
                     lsn,
                     timestamp_ms: 1_700_000_000_000 + u64::from(esn),
                     payload_crc32: payload_crc32(&payload),
-                    payload,
+                    payload: payload.into(),
                 }
             })
             .collect(),

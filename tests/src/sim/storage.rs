@@ -473,7 +473,7 @@ impl StorageNode {
                 copyset: batch.copyset.clone(),
                 payload_crc32: r.payload_crc32,
             };
-            records.push((header, r.payload));
+            records.push((header, Vec::from(r.payload)));
         }
         if !self.disable_sealing {
             for (header, _) in &records {
