@@ -101,7 +101,13 @@ impl LogsDb {
 
         let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
         let opts = db_options(&config);
-        let partition_opts = partition_cf_options(&config, &cache);
+        let partition_opts = partition_cf_options(
+            &LogsDbConfig {
+                memtable_bytes: staggered_memtable_bytes(config.memtable_bytes, &mut rand::rng()),
+                ..config.clone()
+            },
+            &cache,
+        );
         let existing = if fresh {
             Vec::new()
         } else {
@@ -760,5 +766,39 @@ impl Drop for LogsDb {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "LogsDB did not close cleanly");
         }
+    }
+}
+
+/// The memtable size this node's partitions use: the configured size times a factor drawn
+/// once per open from 0.75..1.25. The nodes of a copyset receive the same records at the same
+/// rate; with equal memtables they switch and flush at the same moment, so every copy of a
+/// hot log stalls at once (and, where nodes share cores, three flushes compete for them).
+/// Different sizes make their flushes drift apart.
+fn staggered_memtable_bytes(configured: usize, rng: &mut impl rand::Rng) -> usize {
+    let factor: f64 = rng.random_range(0.75..1.25);
+    ((configured as f64 * factor) as usize).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn memtable_sizes_are_spread_around_the_configured_one() {
+        let configured = 64 << 20;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let sizes: Vec<usize> = (0..1000)
+            .map(|_| staggered_memtable_bytes(configured, &mut rng))
+            .collect();
+        assert!(
+            sizes
+                .iter()
+                .all(|&s| s >= configured / 4 * 3 && s < configured / 4 * 5)
+        );
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        // Three nodes land apart: the draws cover most of the range.
+        assert!(max - min > configured / 5 * 2, "{min}..{max}");
+        assert_eq!(staggered_memtable_bytes(1, &mut rng), 1);
     }
 }
