@@ -210,12 +210,11 @@ async fn path_mtu_discovery_finds_loopback_jumbo_datagrams() {
             tokio::time::Instant::now() < deadline,
             "path MTU stuck at {mtu} bytes"
         );
-        // Traffic keeps the probes' ACKs coming.
+        // Each round trip carries the probes' ACKs: discovery moves on with the traffic.
         client
             .call(fx.addr, &ClientRequest::GetTail { log }, T)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -70,7 +70,7 @@ impl<P: Protocol> Connector<P> {
     }
 
     /// The largest UDP payload the open connection to `addr` sends (path MTU discovery's
-    /// current answer); `None` without a connection.
+    /// current answer); `None` without a connection or while one is being made.
     pub fn path_mtu(&self, addr: SocketAddr) -> Option<u16> {
         let slot = self
             .conns

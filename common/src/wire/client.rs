@@ -460,13 +460,7 @@ pub const MAX_LISTED_LOGS: usize = 1 << 16;
 impl ClientResponse {
     pub(crate) fn encoded_len_hint(&self) -> usize {
         match self {
-            ClientResponse::Records(records) => {
-                super::ENCODED_OVERHEAD_HINT
-                    + records
-                        .iter()
-                        .map(ReadRecord::encoded_len_hint)
-                        .sum::<usize>()
-            }
+            ClientResponse::Records(records) => ReadRecord::records_len_hint(records),
             _ => super::ENCODED_OVERHEAD_HINT,
         }
     }

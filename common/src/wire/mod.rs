@@ -183,9 +183,9 @@ pub trait WireMessage: Sized + Send + Sync + 'static {
     }
 }
 
-/// Bytes an archive needs besides the payloads it carries, per message and per record: a
-/// size hint, so encoding allocates the frame body once instead of doubling it (and copying
-/// every payload again) as it grows.
+/// Bytes an archive needs for a message's own fields (root, variant, a batch's header), besides
+/// its records: part of the size hint, so encoding allocates the frame body once instead of
+/// doubling it (and copying every payload again) as it grows.
 pub(crate) const ENCODED_OVERHEAD_HINT: usize = 256;
 
 /// Implements the rkyv half of [`WireMessage`] for a concrete type; the type supplies

@@ -134,13 +134,7 @@ pub enum NodeResponse {
 impl NodeResponse {
     pub(crate) fn encoded_len_hint(&self) -> usize {
         match self {
-            NodeResponse::DigestRecords(records) => {
-                super::ENCODED_OVERHEAD_HINT
-                    + records
-                        .iter()
-                        .map(ReadRecord::encoded_len_hint)
-                        .sum::<usize>()
-            }
+            NodeResponse::DigestRecords(records) => ReadRecord::records_len_hint(records),
             _ => super::ENCODED_OVERHEAD_HINT,
         }
     }

@@ -109,8 +109,12 @@ pub struct StoreBatch {
 impl StoreBatch {
     pub(crate) fn encoded_len_hint(&self) -> usize {
         super::ENCODED_OVERHEAD_HINT
-            + self.records.len() * 32
-            + self.records.iter().map(|r| r.payload.len()).sum::<usize>()
+            + copyset_len_hint(&self.copyset)
+            + self
+                .records
+                .iter()
+                .map(|r| std::mem::size_of::<ArchivedStoreRecord>() + r.payload.len())
+                .sum::<usize>()
     }
 
     pub(crate) fn check(&self, limits: &Limits) -> Result<(), String> {
@@ -224,9 +228,23 @@ pub struct ReadRecord {
     pub payload: Vec<u8>,
 }
 
+/// Archive bytes of a copyset's nodes, alignment padding included.
+fn copyset_len_hint(copyset: &Copyset) -> usize {
+    copyset.nodes().len() * std::mem::size_of::<crate::ids::ArchivedNodeId>() + 8
+}
+
 impl ReadRecord {
-    pub(crate) fn encoded_len_hint(&self) -> usize {
-        super::ENCODED_OVERHEAD_HINT + self.payload.len()
+    /// Capacity to encode an answer carrying `records` (`Records`, `DigestRecords`) into.
+    pub(crate) fn records_len_hint(records: &[ReadRecord]) -> usize {
+        super::ENCODED_OVERHEAD_HINT
+            + records
+                .iter()
+                .map(|r| {
+                    std::mem::size_of::<ArchivedReadRecord>()
+                        + copyset_len_hint(&r.header.copyset)
+                        + r.payload.len()
+                })
+                .sum::<usize>()
     }
 
     pub(crate) fn check(&self, limits: &Limits) -> Result<(), String> {

@@ -101,13 +101,11 @@ impl LogsDb {
 
         let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
         let opts = db_options(&config);
-        let partition_opts = partition_cf_options(
-            &LogsDbConfig {
-                memtable_bytes: staggered_memtable_bytes(config.memtable_bytes, &mut rand::rng()),
-                ..config.clone()
-            },
-            &cache,
-        );
+        let mut partition_opts = partition_cf_options(&config, &cache);
+        partition_opts.set_write_buffer_size(staggered_memtable_bytes(
+            config.memtable_bytes,
+            &mut rand::rng(),
+        ));
         let existing = if fresh {
             Vec::new()
         } else {
