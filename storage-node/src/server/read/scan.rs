@@ -325,9 +325,11 @@ mod tests {
         let db = LogsDb::open(
             dir.path(),
             &NodeIdentity::new("c", ME),
-            // One partition, so one file holds every record after the flush.
+            // One partition and a memtable larger than the records, so one file holds every
+            // record after the flush.
             LogsDbConfig {
                 partition_size_bytes: 1 << 30,
+                memtable_bytes: 16 << 20,
                 ..LogsDbConfig::small_for_tests()
             },
             Arc::new(ManualClock::new(1_000)),
