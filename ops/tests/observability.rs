@@ -257,6 +257,11 @@ fn metrics_health_status_and_the_status_page() {
     assert!(stored >= stored0 + 100.0, "stored {stored0} -> {stored}");
     for m in &storage {
         assert!(m.contains("# TYPE tally_storage_store_latency_seconds histogram"));
+        assert!(m.contains("# TYPE tally_logsdb_wal_sync_latency_seconds histogram"));
+        // Every WAL fsync is timed: a node that synced has observations.
+        let syncs = sample(m, "tally_logsdb_fsyncs_total");
+        let timed = sample(m, "tally_logsdb_wal_sync_latency_seconds_count");
+        assert!(syncs == 0.0 || timed > 0.0, "{syncs} fsyncs, {timed} timed");
         for name in [
             "tally_logsdb_fsyncs_total",
             "tally_logsdb_partitions",

@@ -444,6 +444,13 @@ impl Collector for NodeProbe {
                 int(st.disk().free_bytes()),
             )?;
             let db = st.logsdb();
+            let syncs = db.wal_sync_latency();
+            syncs.encode(e.encode_descriptor(
+                "logsdb_wal_sync_latency",
+                "Duration of each WAL fsync of group commit (durable stores wait for one)",
+                Some(&Unit::Seconds),
+                syncs.metric_type(),
+            )?)?;
             let w = db.write_stats();
             for (name, help, v) in [
                 (

@@ -134,13 +134,26 @@ pub enum ConfigError {
     FileLimit(u32),
 }
 
+/// How much of a file being written (a flush's SST) may wait for writeback before RocksDB
+/// hands it to the disk, and — with `strict_bytes_per_sync` — the most it may have in flight.
+pub const SST_BYTES_PER_SYNC: u64 = 1 << 20;
+
 /// Database-wide RocksDB options: one WAL shared by every column family, fsync only when
 /// asked (group commit decides when), memtable budget shared by all partitions, pipelined
-/// writes (for the concurrent batches of the writer threads).
+/// writes (for the concurrent batches of the writer threads), SST writes paced to the disk.
 pub fn db_options(config: &LogsDbConfig) -> rocksdb::Options {
-    let mut opts = rocksdb::Options::default();
+    let mut opts = base_options();
     apply_db_options(&mut opts, config);
     opts
+}
+
+/// A default `Options` with what the `rocksdb` crate has no setter for, applied through
+/// RocksDB's option-string parser on a fresh object (so no Rust-side handle is lost in the
+/// copy the parser makes): `strict_bytes_per_sync`, see [`apply_db_options`].
+fn base_options() -> rocksdb::Options {
+    rocksdb::Options::default()
+        .get_options_from_string("strict_bytes_per_sync=true")
+        .expect("RocksDB knows strict_bytes_per_sync")
 }
 
 /// Applies the database-wide half of [`db_options`] to `opts` (a benchmark gives raw RocksDB
@@ -155,6 +168,14 @@ pub fn apply_db_options(opts: &mut rocksdb::Options, config: &LogsDbConfig) {
     // The writer threads' batches: RocksDB writes one group's WAL record while the previous
     // group is still being inserted into the memtables (in parallel, one batch per writer).
     opts.set_enable_pipelined_write(true);
+    // A flush writes a whole memtable (64 MiB) into the page cache at memory speed and then
+    // syncs it: left alone, the disk gets it in one burst at the end, and every WAL fdatasync
+    // of the node (and of anything sharing the disk) queues behind it — a 30-45 ms stall of
+    // every durable append at each flush. Handing SST data to the disk every MiB, and with
+    // `strict_bytes_per_sync` (set in `base_options`) waiting for the previous MiB before
+    // handing over the next, keeps at most ~1 MiB of it ahead of a WAL sync. The flush only
+    // waits when the disk is behind, which is when it should.
+    opts.set_bytes_per_sync(SST_BYTES_PER_SYNC);
     if config.unsafe_controls.skip_fsync {
         opts.set_manual_wal_flush(true);
     }
@@ -164,7 +185,10 @@ pub fn apply_db_options(opts: &mut rocksdb::Options, config: &LogsDbConfig) {
 /// never rewritten; the SST-file limit starts a new partition instead), no write stalls on the
 /// L0 file count, bloom filters for the point lookups of the precedence merge, lz4 blocks.
 pub fn partition_cf_options(config: &LogsDbConfig, cache: &rocksdb::Cache) -> rocksdb::Options {
-    let mut opts = rocksdb::Options::default();
+    // The base options, for a caller that opens a plain RocksDB with these options plus
+    // [`apply_db_options`] on one object (the raw-RocksDB benchmark): database-wide settings
+    // in a column family's options are ignored.
+    let mut opts = base_options();
     opts.set_write_buffer_size(config.memtable_bytes);
     opts.set_disable_auto_compactions(true);
     let stall = i32::try_from(config.partition_file_limit.saturating_mul(4))

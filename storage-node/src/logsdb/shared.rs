@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use rocksdb::{BoundColumnFamily, WriteOptions};
 use tally_common::LogId;
+use tally_common::metrics::Histogram;
 
 use super::Db;
 use super::clock::Clock;
@@ -52,6 +54,8 @@ pub(crate) struct Counters {
     pub records: AtomicU64,
     pub wal_syncs: AtomicU64,
     pub synced_replies: AtomicU64,
+    /// Duration of each WAL fsync of the syncer thread.
+    pub wal_sync_latency: Histogram,
 }
 
 /// A snapshot of the write-path counters since open.
@@ -127,10 +131,12 @@ pub(crate) fn run_syncer(shared: Arc<Shared>, rx: Receiver<Vec<Pending>>) {
             Some(msg) => Err(msg.clone()),
             // Negative control: acknowledge without writing the WAL out.
             None if shared.config.unsafe_controls.skip_fsync => Ok(()),
-            None => shared
-                .db
-                .flush_wal(true)
-                .map_err(|e| format!("WAL sync: {e}")),
+            None => {
+                let started = Instant::now();
+                let synced = shared.db.flush_wal(true);
+                shared.stats.wal_sync_latency.observe(started.elapsed());
+                synced.map_err(|e| format!("WAL sync: {e}"))
+            }
         };
         match outcome {
             Ok(()) => {

@@ -231,6 +231,11 @@ impl LogsDb {
         self.shared.stats.snapshot()
     }
 
+    /// How long the WAL fsyncs of group commit take (a handle on the live histogram).
+    pub fn wal_sync_latency(&self) -> tally_common::metrics::Histogram {
+        self.shared.stats.wal_sync_latency.clone()
+    }
+
     /// Bytes of record-value buffers waiting in the pool for reuse (tests).
     #[cfg(test)]
     pub(crate) fn pooled_value_bytes(&self) -> usize {
@@ -786,6 +791,45 @@ fn staggered_memtable_bytes(configured: usize, node: NodeId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The options RocksDB was opened with, as it wrote them down (the newest OPTIONS file).
+    fn options_file(dir: &Path) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("db"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("OPTIONS-")
+            })
+            .collect();
+        files.sort();
+        std::fs::read_to_string(files.last().expect("an OPTIONS file")).unwrap()
+    }
+
+    #[test]
+    fn sst_writes_are_paced_to_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LogsDb::open(
+            dir.path(),
+            &NodeIdentity::new("c", NodeId(1)),
+            LogsDbConfig::small_for_tests(),
+            Arc::new(super::super::clock::ManualClock::new(1_000)),
+        )
+        .unwrap();
+        let options = options_file(dir.path());
+        let line = |l: &str| options.lines().any(|x| x.trim() == l);
+        assert!(line("strict_bytes_per_sync=true"), "{options}");
+        assert!(
+            line(&format!(
+                "bytes_per_sync={}",
+                super::super::config::SST_BYTES_PER_SYNC
+            )),
+            "{options}"
+        );
+        drop(db);
+    }
 
     #[test]
     fn memtable_sizes_are_spread_around_the_configured_one() {
