@@ -20,8 +20,8 @@ pub mod wire;
 pub use ids::{Epoch, Esn, IdParseError, LogId, Lsn, NodeId};
 pub use limits::Limits;
 pub use meta::{
-    Durability, LogAttributes, LogMetadata, NodeInfo, NodeSet, NodeSetEntry, RecoveredEpoch, Roles,
-    StorageState,
+    DataDirBinding, DataDirId, Durability, LogAttributes, LogMetadata, NodeInfo, NodeSet,
+    NodeSetEntry, RecoveredEpoch, Roles, StorageState,
 };
 pub use record::{
     ChecksumMismatch, Copyset, CopysetError, Precedence, RecordFlags, RecordHeader, payload_crc32,

@@ -371,6 +371,59 @@ impl NodeInfo {
     }
 }
 
+/// Which data directory a storage node id belongs to: a random number drawn when the directory
+/// is created (kept in its `IDENTITY` file) and bound to the node id in the epoch store on the
+/// node's first start. A node that comes back on another directory (wiped, replaced, mixed up)
+/// finds a different number bound to its id: its "I have no record" answers prove nothing, and
+/// it registers as [`StorageState::DataLoss`] (DESIGN §7). Written as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct DataDirId(pub u64);
+
+impl DataDirId {
+    /// A fresh id for a directory being created (never 0).
+    pub fn random() -> DataDirId {
+        DataDirId(rand::random::<u64>().max(1))
+    }
+}
+
+impl std::fmt::Display for DataDirId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl From<DataDirId> for String {
+    fn from(id: DataDirId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for DataDirId {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<DataDirId, String> {
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("data directory id {s:?} is not 16 hex digits"));
+        }
+        u64::from_str_radix(&s, 16)
+            .map(DataDirId)
+            .map_err(|e| format!("data directory id {s:?}: {e}"))
+    }
+}
+
+/// What the epoch store had on record for a node id's data directory when the node bound its
+/// directory at start-up.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DataDirBinding {
+    /// Nothing was on record: the directory is now the id's.
+    New,
+    /// The directory is the one on record.
+    Same,
+    /// The id belongs to another directory (`bound`): this one does not hold the id's data.
+    Other { bound: DataDirId },
+}
+
 /// Extra attributes keyed by name, for forward-compatible additions without a format change.
 pub type Extra = BTreeMap<String, String>;
 
@@ -456,5 +509,23 @@ mod tests {
             ..decided
         };
         assert!(!empty.overrules(e(25), plain, 1, Esn(0)));
+    }
+
+    #[test]
+    fn data_dir_ids_are_16_hex_digits() {
+        let id = DataDirId(0x00ab_cdef_0123_4567);
+        assert_eq!(id.to_string(), "00abcdef01234567");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"00abcdef01234567\"");
+        assert_eq!(serde_json::from_str::<DataDirId>(&json).unwrap(), id);
+        for bad in [
+            "\"abc\"",
+            "\"00abcdef0123456g\"",
+            "\"+0abcdef01234567\"",
+            "12",
+        ] {
+            assert!(serde_json::from_str::<DataDirId>(bad).is_err(), "{bad}");
+        }
+        assert_ne!(DataDirId::random().0, 0);
     }
 }

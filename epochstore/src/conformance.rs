@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
-use tally_common::meta::{LogAttributes, NodeInfo, NodeSet, Roles, StorageState};
+use tally_common::meta::{
+    DataDirBinding, DataDirId, LogAttributes, NodeInfo, NodeSet, Roles, StorageState,
+};
 use tokio::time::Instant;
 
 use crate::store::{
@@ -317,6 +319,40 @@ pub async fn node_set_follows_membership_and_attributes(store: Arc<dyn EpochStor
         nodes(&[1, 2, 3, 4])
     );
     drop(leases);
+}
+
+/// A node id's first data directory is bound for good: the same directory is recognized on
+/// every later start, any other one is told which directory the id belongs to, and another
+/// node's binding is independent.
+pub async fn data_dir_binding_is_durable(store: Arc<dyn EpochStore>) {
+    let (first, wiped) = (DataDirId(0x1111), DataDirId(0x2222));
+    let bind = |node: u32, dir: DataDirId| {
+        let store = store.clone();
+        async move {
+            store
+                .bind_data_dir(NodeId(node), dir)
+                .await
+                .unwrap_or_else(|e| panic!("bind node {node} to {dir}: {e}"))
+        }
+    };
+    assert_eq!(bind(1, first).await, DataDirBinding::New);
+    assert_eq!(bind(1, first).await, DataDirBinding::Same);
+    for _ in 0..2 {
+        // A wiped directory stays another one, however often the node restarts on it.
+        assert_eq!(bind(1, wiped).await, DataDirBinding::Other { bound: first });
+    }
+    assert_eq!(
+        bind(1, first).await,
+        DataDirBinding::Same,
+        "the old directory is back"
+    );
+    assert_eq!(
+        bind(2, wiped).await,
+        DataDirBinding::New,
+        "node 2 is independent"
+    );
+    // Binding is not membership: no node is registered by it.
+    assert!(store.list_nodes().await.expect("list nodes").is_empty());
 }
 
 async fn next_event(watch: &mut NodeWatch, within: Duration) -> MembershipEvent {

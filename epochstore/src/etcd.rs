@@ -5,6 +5,8 @@
 //! ```text
 //! /tally/<cluster>/logs/<log_id>   LogMetadata: next_epoch, node-set history, LCE, attributes
 //! /tally/<cluster>/nodes/<node_id> NodeInfo, attached to the node's lease
+//! /tally/<cluster>/data-dirs/<node_id>  {"node", "data_dir"}: the data directory bound to a
+//!                                  storage node id (DESIGN §7), written once, never leased
 //! ```
 //!
 //! Every change is read → decide ([`crate::update`]) → a transaction that writes only if the
@@ -25,7 +27,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use rand::Rng;
 use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
-use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo};
+use tally_common::meta::{DataDirBinding, DataDirId, LogAttributes, LogMetadata, NodeInfo};
 use tokio::time::Instant;
 
 pub use crate::etcd_config::{EtcdAuth, EtcdConfig, EtcdTls};
@@ -63,6 +65,17 @@ impl Keys {
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)
     }
+
+    pub(crate) fn data_dir(&self, node: NodeId) -> String {
+        format!("{}data-dirs/{}", self.prefix, node.0)
+    }
+}
+
+/// The value of a node's data-directory binding.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DataDirValue {
+    node: NodeId,
+    data_dir: DataDirId,
 }
 
 /// The end of the key range of everything under `prefix` (which ends in `/`).
@@ -490,6 +503,50 @@ impl EpochStore for EtcdStore {
 
     fn watch_nodes(&self) -> BoxFuture<'_, Result<NodeWatch>> {
         Box::pin(etcd_members::watch(self))
+    }
+
+    fn bind_data_dir(&self, node: NodeId, dir: DataDirId) -> BoxFuture<'_, Result<DataDirBinding>> {
+        Box::pin(async move {
+            let key = self.keys.data_dir(node);
+            let bytes = serde_json::to_vec(&DataDirValue {
+                node,
+                data_dir: dir,
+            })
+            .map_err(|e| EpochStoreError::Backend(format!("encode: {e}")))?;
+            self.call(|mut c| {
+                let (key, bytes) = (key.clone(), bytes.clone());
+                async move {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key.clone(), bytes, None)])
+                        .or_else([TxnOp::get(key.clone(), None)]);
+                    let resp = c.txn(txn).await.map_err(from_etcd)?;
+                    if resp.succeeded() {
+                        return Ok(DataDirBinding::New);
+                    }
+                    let Some(TxnOpResponse::Get(got)) = resp.op_responses().into_iter().next()
+                    else {
+                        return Err(EpochStoreError::Backend(format!(
+                            "{key}: the transaction's else branch returned no value"
+                        )));
+                    };
+                    let Some(kv) = got.kvs().first() else {
+                        return Err(EpochStoreError::Backend(format!(
+                            "{key}: present but read back empty"
+                        )));
+                    };
+                    let value: DataDirValue = serde_json::from_slice(kv.value()).map_err(|e| {
+                        EpochStoreError::Corrupt {
+                            key: key.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    // `Same` also when an earlier attempt that timed out had bound it.
+                    Ok(update::data_dir_binding(Some(value.data_dir), dir))
+                }
+            })
+            .await
+        })
     }
 }
 

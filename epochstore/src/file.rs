@@ -6,6 +6,7 @@
 //! <dir>/LOCK                 held with an exclusive flock while a store has it open
 //! <dir>/logs/<log_id>.json   one LogMetadata per log, JSON (readable with any editor)
 //! <dir>/logs/*.tmp           a write in progress; a leftover from a crash is deleted at open
+//! <dir>/data-dirs/<node>.json the data directory bound to a storage node id (DESIGN §7)
 //! ```
 //!
 //! Every change writes the whole log file to a temporary file, fsyncs it, renames it over the
@@ -25,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fs2::FileExt;
-use tally_common::ids::{Epoch, LogId, Lsn};
-use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo};
+use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
+use tally_common::meta::{DataDirBinding, DataDirId, LogAttributes, LogMetadata, NodeInfo};
 
 use crate::members::LocalMembership;
 use crate::store::{
@@ -168,6 +169,61 @@ impl FileEpochStore {
     }
 }
 
+/// The file of a node's data-directory binding: `{"node": N, "data_dir": "<16 hex digits>"}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DataDirFile {
+    node: NodeId,
+    data_dir: DataDirId,
+}
+
+impl FileEpochStore {
+    /// Reads the binding of `node`, binds `dir` if there is none (durably, before answering).
+    fn bind_data_dir_blocking(
+        inner: &Inner,
+        node: NodeId,
+        dir: DataDirId,
+    ) -> Result<DataDirBinding> {
+        // The cache lock serializes this with every other write of the store.
+        let _writes = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.failed.load(Ordering::Acquire) {
+            return Err(EpochStoreError::Io(
+                "an earlier write failed; restart needed".into(),
+            ));
+        }
+        let dirs = inner.dir.join("data-dirs");
+        let name = format!("{}.json", node.0);
+        let path = dirs.join(&name);
+        let bound = match fs::read(&path) {
+            Ok(bytes) => {
+                let file: DataDirFile =
+                    serde_json::from_slice(&bytes).map_err(|e| EpochStoreError::Corrupt {
+                        key: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Some(file.data_dir)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error("read", &path, e)),
+        };
+        let answer = update::data_dir_binding(bound, dir);
+        if answer == DataDirBinding::New {
+            let bytes = serde_json::to_vec_pretty(&DataDirFile {
+                node,
+                data_dir: dir,
+            })
+            .map_err(|e| EpochStoreError::Backend(format!("encode: {e}")))?;
+            let written = fs::create_dir_all(&dirs)
+                .and_then(|()| sync_dir(&inner.dir))
+                .and_then(|()| write_atomic(&dirs, &name, &bytes));
+            if let Err(e) = written {
+                inner.failed.store(true, Ordering::Release);
+                return Err(io_error("write data-directory binding in", &dirs, e));
+            }
+        }
+        Ok(answer)
+    }
+}
+
 /// Writes `bytes` to `dir/name` so that a crash leaves the old or the new content.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
@@ -272,5 +328,21 @@ impl EpochStore for FileEpochStore {
 
     fn watch_nodes(&self) -> BoxFuture<'_, Result<NodeWatch>> {
         Box::pin(async move { Ok(self.members.watch()) })
+    }
+
+    fn bind_data_dir(&self, node: NodeId, dir: DataDirId) -> BoxFuture<'_, Result<DataDirBinding>> {
+        Box::pin(async move {
+            let inner = self.inner.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                FileEpochStore::bind_data_dir_blocking(&inner, node, dir)
+            });
+            match tokio::time::timeout(self.call_timeout, job).await {
+                Err(_) => Err(EpochStoreError::Timeout {
+                    after: self.call_timeout,
+                }),
+                Ok(Err(e)) => Err(EpochStoreError::Io(format!("write task failed: {e}"))),
+                Ok(Ok(r)) => r,
+            }
+        })
     }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tally_common::ids::{Epoch, LogId, Lsn};
-use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo};
+use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
+use tally_common::meta::{DataDirBinding, DataDirId, LogAttributes, LogMetadata, NodeInfo};
 
 use crate::members::LocalMembership;
 use crate::store::{
@@ -22,6 +22,7 @@ use crate::update;
 #[derive(Clone, Debug, Default)]
 pub struct MemoryEpochStore {
     logs: Arc<Mutex<BTreeMap<LogId, LogMetadata>>>,
+    data_dirs: Arc<Mutex<BTreeMap<NodeId, DataDirId>>>,
     members: LocalMembership,
 }
 
@@ -115,5 +116,16 @@ impl EpochStore for MemoryEpochStore {
 
     fn watch_nodes(&self) -> BoxFuture<'_, Result<NodeWatch>> {
         Box::pin(async move { Ok(self.members.watch()) })
+    }
+
+    fn bind_data_dir(&self, node: NodeId, dir: DataDirId) -> BoxFuture<'_, Result<DataDirBinding>> {
+        Box::pin(async move {
+            let mut dirs = self.data_dirs.lock().unwrap_or_else(|e| e.into_inner());
+            let answer = update::data_dir_binding(dirs.get(&node).copied(), dir);
+            if answer == DataDirBinding::New {
+                dirs.insert(node, dir);
+            }
+            Ok(answer)
+        })
     }
 }

@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
-use tally_common::meta::{AttributesError, LogAttributes, LogMetadata, NodeInfo, NodeSetEntry};
+use tally_common::meta::{
+    AttributesError, DataDirBinding, DataDirId, LogAttributes, LogMetadata, NodeInfo, NodeSetEntry,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -275,4 +277,10 @@ pub trait EpochStore: Send + Sync + fmt::Debug + 'static {
 
     /// The registered nodes and every join, update and leave after them.
     fn watch_nodes(&self) -> BoxFuture<'_, Result<NodeWatch>>;
+
+    /// Binds storage node `node` to its data directory `dir` the first time, and answers what
+    /// was on record (DESIGN §7): [`DataDirBinding::New`] once, [`DataDirBinding::Same`] on
+    /// every later start on that directory, [`DataDirBinding::Other`] on any other directory.
+    /// The binding is durable and outlives the node's lease; nothing replaces it.
+    fn bind_data_dir(&self, node: NodeId, dir: DataDirId) -> BoxFuture<'_, Result<DataDirBinding>>;
 }

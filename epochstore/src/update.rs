@@ -6,7 +6,9 @@
 //! share one set of rules.
 
 use tally_common::ids::{Epoch, LogId, Lsn};
-use tally_common::meta::{LogAttributes, LogMetadata, NodeInfo, NodeSetEntry, RecoveredEpoch};
+use tally_common::meta::{
+    DataDirBinding, DataDirId, LogAttributes, LogMetadata, NodeInfo, NodeSetEntry, RecoveredEpoch,
+};
 
 use crate::nodeset::{self, SelectionError};
 use crate::store::{ActivateOptions, Activation, EpochStoreError, Result};
@@ -136,6 +138,16 @@ pub fn set_last_clean_epoch(
         updated.recovered.drain(..excess);
     }
     Ok(Some(updated))
+}
+
+/// What binding data directory `dir` answers when `bound` is on record for the node (`None`:
+/// nothing yet, so `dir` is to be bound now).
+pub fn data_dir_binding(bound: Option<DataDirId>, dir: DataDirId) -> DataDirBinding {
+    match bound {
+        None => DataDirBinding::New,
+        Some(b) if b == dir => DataDirBinding::Same,
+        Some(b) => DataDirBinding::Other { bound: b },
+    }
 }
 
 /// Replaces the attributes; they apply from the next activation.

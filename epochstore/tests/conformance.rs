@@ -65,6 +65,12 @@ macro_rules! suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn data_dir_binding_is_durable() {
+                let (store, _guard) = super::$backend().await;
+                conformance::data_dir_binding_is_durable(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn membership_leases_and_watch() {
                 let (store, _guard) = super::$backend().await;
                 conformance::membership_leases_and_watch(store, TTL).await;

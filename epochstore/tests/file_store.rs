@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use tally_common::ids::{Epoch, LogId, Lsn};
+use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
+use tally_common::meta::{DataDirBinding, DataDirId};
 use tally_epochstore::conformance::{small_attributes, storage_node};
 use tally_epochstore::{ActivateOptions, EpochStore, EpochStoreError, FileEpochStore};
 
@@ -57,6 +58,32 @@ async fn reopen_keeps_metadata_and_drops_temp_files() {
     assert!(!dir.path().join("logs/4.json.tmp").exists());
     // Membership is per process: nothing is registered after a reopen.
     assert!(store.list_nodes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn data_dir_bindings_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, wiped) = (DataDirId(7), DataDirId(8));
+    {
+        let store = FileEpochStore::open(dir.path()).unwrap();
+        let bound = store.bind_data_dir(NodeId(3), first).await.unwrap();
+        assert_eq!(bound, DataDirBinding::New);
+    }
+    let store = FileEpochStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.bind_data_dir(NodeId(3), wiped).await.unwrap(),
+        DataDirBinding::Other { bound: first }
+    );
+    assert_eq!(
+        store.bind_data_dir(NodeId(3), first).await.unwrap(),
+        DataDirBinding::Same
+    );
+    // A damaged binding is a typed error, not a fresh start.
+    std::fs::write(dir.path().join("data-dirs/3.json"), b"{ torn").unwrap();
+    assert!(matches!(
+        store.bind_data_dir(NodeId(3), first).await,
+        Err(EpochStoreError::Corrupt { .. })
+    ));
 }
 
 mod model {

@@ -451,3 +451,122 @@ fn with_fewer_than_r_nodes_reachable_an_append_fails_typed_within_its_timeout() 
         .count();
     assert!(holders >= usize::from(R), "{first} is on {holders} nodes");
 }
+
+/// Kill, delete, restart (DESIGN §7): storage node 1 is SIGKILLed, its data directory deleted
+/// and the node started again under its id. It registers as data-loss, because the epoch
+/// store has another directory bound to that id. With node 2 — the only other holder of the
+/// records whose copies were on nodes 1 and 2 — down as well, a reader must not take node 1's
+/// silence for proof: it stalls at the first such record waiting for node 2 (where, trusting
+/// the wiped node, it would report those records as `DataLoss`), and once node 2 is back it
+/// delivers every acknowledged record, with no `DataLoss`.
+#[test]
+fn a_node_restarted_on_a_wiped_directory_is_not_taken_for_proof() {
+    use tally_client::{Delivery, GapKind, ReadFrom, ReadOptions, ReadUntil};
+    use tally_common::StorageState;
+
+    let _serial = serial();
+    let rt = runtime();
+    let mut cluster = rt.block_on(Cluster::start("wiped", 3, 1));
+    let log = LogId(1);
+    cluster.create_log(log.0, 2);
+    let client = rt
+        .block_on(Client::connect(cluster.client_config()))
+        .expect("connect");
+    let payloads: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| format!("record {i:03}").into_bytes())
+        .collect();
+    let lsns = rt
+        .block_on(client.append_batch(log, payloads.clone()))
+        .expect("append");
+    let (first, last) = (*lsns.start(), *lsns.end());
+
+    cluster.take_storage(1).kill();
+    std::fs::remove_dir_all(cluster.data_dir(1)).expect("delete node 1's data directory");
+    cluster.start_storage(1);
+    // Node 1 is back, under its id, as data-loss.
+    let registered = async {
+        loop {
+            client
+                .refresh_cluster()
+                .await
+                .expect("refresh the cluster state");
+            let state = client.cluster().node(NodeId(1)).map(|n| n.state);
+            match state {
+                Some(StorageState::ReadWrite) | None => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(state) => return state,
+            }
+        }
+    };
+    let state = rt
+        .block_on(async { tokio::time::timeout(T, registered).await })
+        .expect("node 1 still registered read-write after its data directory was deleted");
+    assert_eq!(state, StorageState::DataLoss);
+    cluster.take_storage(2).kill();
+
+    let options = ReadOptions::range(ReadFrom::Lsn(first), ReadUntil::Lsn(last));
+    let mut reader = rt
+        .block_on(client.read(log, options))
+        .expect("start a reader");
+    let mut stalls = reader.stall_updates();
+    let mut delivered: Vec<Delivery> = Vec::new();
+    // Read until the reader says it waits (for node 2), or the end: the end would mean the
+    // wiped node's silence counted.
+    let stall = rt.block_on(async {
+        loop {
+            tokio::select! {
+                item = reader.next() => match item {
+                    Some(d) => delivered.push(d.expect("read")),
+                    None => return None,
+                },
+                changed = stalls.changed() => {
+                    changed.expect("the reader is alive");
+                    let stall = stalls.borrow_and_update().clone();
+                    if stall.is_some() {
+                        return stall;
+                    }
+                }
+            }
+        }
+    });
+    let stall = stall
+        .unwrap_or_else(|| panic!("the reader ended without waiting for node 2: {delivered:?}"));
+    eprintln!(
+        "reader stalled at {} waiting for {:?} after {} deliveries",
+        stall.at,
+        stall.waiting_for,
+        delivered.len()
+    );
+    assert!(stall.waiting_for.contains(&NodeId(2)), "{stall:?}");
+    assert!(stall.at <= last);
+
+    cluster.start_storage(2);
+    rt.block_on(async {
+        while let Some(item) = tokio::time::timeout(T, reader.next())
+            .await
+            .expect("the reader went on once node 2 was back")
+        {
+            delivered.push(item.expect("read"));
+        }
+    });
+    let mut records = Vec::new();
+    for d in &delivered {
+        match d {
+            Delivery::Record(r) => records.push((r.header.lsn, r.payload.clone())),
+            Delivery::Gap { kind, from, to } => {
+                assert_ne!(*kind, GapKind::DataLoss, "DataLoss {from}..={to}");
+                panic!("a {kind:?} gap {from}..={to} inside acknowledged records");
+            }
+        }
+    }
+    let want: Vec<(Lsn, Vec<u8>)> = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (Lsn(first.0 + i as u64), p))
+        .collect();
+    assert_eq!(records.len(), want.len());
+    assert!(records == want, "records differ from the acknowledged ones");
+    rt.block_on(client.close());
+    cluster.stop();
+}

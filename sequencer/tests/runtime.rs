@@ -424,6 +424,14 @@ impl EpochStore for SlowActivations {
     fn watch_nodes(&self) -> BoxFuture<'_, StoreResult<NodeWatch>> {
         self.inner.watch_nodes()
     }
+
+    fn bind_data_dir(
+        &self,
+        node: NodeId,
+        dir: tally_common::DataDirId,
+    ) -> BoxFuture<'_, StoreResult<tally_common::DataDirBinding>> {
+        self.inner.bind_data_dir(node, dir)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

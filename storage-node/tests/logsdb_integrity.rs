@@ -102,6 +102,34 @@ fn identity_and_exclusive_lock_are_checked_on_open() {
     let db = open(dir.path(), config.clone(), clock.clone());
     let report = db.open_report();
     assert!(!report.fresh && !report.unclean_shutdown && !report.recent_range_uncertain);
+    let data_dir = db.data_dir_id();
+    db.close().unwrap();
+    let db = open(dir.path(), config.clone(), clock.clone());
+    assert_eq!(db.data_dir_id(), data_dir, "a directory keeps its id");
+    db.close().unwrap();
+
+    // An identity file from before directory ids gets one, kept from then on.
+    let path = dir.path().join("IDENTITY");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old: String = text
+        .lines()
+        .filter(|l| !l.starts_with("data_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(old, text);
+    std::fs::write(&path, old).unwrap();
+    let db = open(dir.path(), config.clone(), clock.clone());
+    let assigned = db.data_dir_id();
+    assert_ne!(assigned, data_dir);
+    db.close().unwrap();
+    let db = open(dir.path(), config.clone(), clock.clone());
+    assert_eq!(db.data_dir_id(), assigned);
+    db.close().unwrap();
+
+    // A wiped directory is another directory.
+    let other = tempfile::tempdir().unwrap();
+    let db = open(other.path(), config.clone(), clock.clone());
+    assert_ne!(db.data_dir_id(), assigned);
     db.close().unwrap();
 
     std::fs::remove_file(dir.path().join("IDENTITY")).unwrap();

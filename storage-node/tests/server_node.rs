@@ -9,7 +9,8 @@ use server_support::*;
 use tally_common::transport::TransportError;
 use tally_common::wire::node::{NodeRequest, NodeResponse, Release};
 use tally_common::wire::{ErrorCode, StoreStatus};
-use tally_common::{Epoch, Esn, LogId, Lsn, NodeId, RecordFlags};
+use tally_common::{Epoch, Esn, LogId, Lsn, NodeId, RecordFlags, StorageState};
+use tally_epochstore::EpochStore as _;
 
 const SEQ: NodeId = NodeId(9);
 
@@ -341,4 +342,53 @@ async fn digest_sends_a_corrupt_copy_as_evidence_not_as_data_or_nothing() {
     for r in [&got[0], &got[2], &got[3]] {
         assert_eq!(r.payload, payload_for(log, r.header.lsn));
     }
+}
+
+/// DESIGN §7: a node back on another data directory than the one its id stored records in
+/// (wiped, replaced) cannot vouch for that id's data. It registers as `DataLoss`, says so in
+/// every seal, and stays so on every restart on that directory; with the original directory
+/// back it is read-write again, its records intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_data_directory_registers_as_data_loss_until_the_original_is_back() {
+    let fx = start(|_| {}).await;
+    let log = LogId(5);
+    let store_req = tally_common::wire::client::ClientRequest::Store(batch(log, 1, 1..=3));
+    fx.client().call(fx.addr, &store_req, T).await.unwrap();
+    assert_eq!(fx.node.storage_state(), StorageState::ReadWrite);
+    assert_eq!(fx.node.replaced_data_dir(), None);
+    let bound = fx.node.logsdb().data_dir_id();
+    let (mut dir, mut store) = fx.stop().await;
+
+    // Wiped: the directory is moved aside (kept, to be brought back), the node starts empty.
+    let data = dir.path().join("data");
+    let kept = dir.path().join("data.kept");
+    std::fs::rename(&data, &kept).unwrap();
+    for round in 0..2 {
+        let fx = restart(dir, store, |_| {}).await;
+        assert_ne!(fx.node.logsdb().data_dir_id(), bound);
+        assert_eq!(fx.node.replaced_data_dir(), Some(bound), "round {round}");
+        assert_eq!(fx.node.storage_state(), StorageState::DataLoss);
+        let registered = fx.store.list_nodes().await.unwrap();
+        assert_eq!(registered.len(), 1);
+        assert_eq!(registered[0].state, StorageState::DataLoss, "round {round}");
+        match fx.peer().call(fx.addr, &seal(log, 2), T).await.unwrap() {
+            NodeResponse::Sealed { data_loss, .. } => assert!(data_loss, "round {round}"),
+            other => panic!("seal answered {other:?}"),
+        }
+        (dir, store) = fx.stop().await;
+    }
+
+    // The original directory is back: the node is what it was.
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&kept, &data).unwrap();
+    let fx = restart(dir, store, |_| {}).await;
+    assert_eq!(fx.node.logsdb().data_dir_id(), bound);
+    assert_eq!(fx.node.replaced_data_dir(), None);
+    assert_eq!(fx.node.storage_state(), StorageState::ReadWrite);
+    assert_eq!(
+        fx.store.list_nodes().await.unwrap()[0].state,
+        StorageState::ReadWrite
+    );
+    assert_eq!(fx.records(log).len(), 3);
+    fx.stop().await;
 }

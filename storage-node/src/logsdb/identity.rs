@@ -1,8 +1,12 @@
-//! The node identity file (`IDENTITY`: cluster name and node id) that pins a data directory to
-//! one node of one cluster, and the exclusive lock (`LOCK`) that keeps a second process out.
+//! The node identity file (`IDENTITY`: cluster name, node id and the directory's own id) that
+//! pins a data directory to one node of one cluster, and the exclusive lock (`LOCK`) that keeps
+//! a second process out.
 //!
-//! The identity file is TOML: `format = 1`, `cluster = "…"`, `node_id = N`; written once,
-//! atomically (temporary file, fsync, rename, fsync of the directory).
+//! The identity file is TOML: `format = 1`, `cluster = "…"`, `node_id = N`, `data_dir =
+//! "<16 hex digits>"` (a [`DataDirId`] drawn when the directory is created; the server binds it
+//! to the node id in the epoch store, DESIGN §7); written atomically (temporary file, fsync,
+//! rename, fsync of the directory). A file from before `data_dir` existed gets one drawn and
+//! is rewritten at open.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -10,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
-use tally_common::NodeId;
+use tally_common::{DataDirId, NodeId};
 
 use super::error::LogsDbError;
 
@@ -32,6 +36,8 @@ struct IdentityFile {
     format: u32,
     cluster: String,
     node_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_dir: Option<DataDirId>,
 }
 
 impl NodeIdentity {
@@ -42,9 +48,14 @@ impl NodeIdentity {
         }
     }
 
-    /// Checks `dir`'s identity file against `self`, creating it when the directory is new.
-    /// `db_exists`: a database is already there, so a missing identity file is an error.
-    pub(crate) fn check_or_create(&self, dir: &Path, db_exists: bool) -> Result<(), LogsDbError> {
+    /// Checks `dir`'s identity file against `self`, creating it when the directory is new, and
+    /// returns the directory's id. `db_exists`: a database is already there, so a missing
+    /// identity file is an error.
+    pub(crate) fn check_or_create(
+        &self,
+        dir: &Path,
+        db_exists: bool,
+    ) -> Result<DataDirId, LogsDbError> {
         let invalid = |reason: String| LogsDbError::IdentityInvalid {
             path: dir.join(IDENTITY_FILE),
             reason,
@@ -74,23 +85,34 @@ impl NodeIdentity {
                         found_node: NodeId(file.node_id),
                     });
                 }
-                Ok(())
+                match file.data_dir {
+                    Some(id) => Ok(id),
+                    None => {
+                        let id = DataDirId::random();
+                        tracing::info!(dir = %dir.display(), data_dir = %id, "identity file gets a data directory id");
+                        self.write(dir, id)?;
+                        Ok(id)
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if db_exists {
                     return Err(LogsDbError::IdentityMissing(dir.to_owned()));
                 }
-                self.write(dir)
+                let id = DataDirId::random();
+                self.write(dir, id)?;
+                Ok(id)
             }
             Err(e) => Err(LogsDbError::io(path, e)),
         }
     }
 
-    fn write(&self, dir: &Path) -> Result<(), LogsDbError> {
+    fn write(&self, dir: &Path, data_dir: DataDirId) -> Result<(), LogsDbError> {
         let file = IdentityFile {
             format: IDENTITY_FORMAT,
             cluster: self.cluster.clone(),
             node_id: self.node_id.0,
+            data_dir: Some(data_dir),
         };
         let text = toml::to_string(&file).map_err(|e| LogsDbError::IdentityInvalid {
             path: dir.join(IDENTITY_FILE),

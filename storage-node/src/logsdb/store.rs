@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 
 use rocksdb::ColumnFamilyDescriptor;
 use tally_common::{
-    ChecksumMismatch, Durability, Epoch, Esn, LogId, Lsn, NodeId, RecordFlags, payload_crc32,
+    ChecksumMismatch, DataDirId, Durability, Epoch, Esn, LogId, Lsn, NodeId, RecordFlags,
+    payload_crc32,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
@@ -65,6 +66,7 @@ pub struct LogsDb {
     exclusive: tokio::sync::Mutex<()>,
     threads: Vec<JoinHandle<()>>,
     report: OpenReport,
+    data_dir: DataDirId,
     _lock: DirLock,
 }
 
@@ -97,7 +99,7 @@ impl LogsDb {
         let lock = DirLock::acquire(dir)?;
         let db_path: PathBuf = dir.join("db");
         let fresh = !db_path.join("CURRENT").exists();
-        identity.check_or_create(dir, !fresh)?;
+        let data_dir = identity.check_or_create(dir, !fresh)?;
 
         let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
         let opts = db_options(&config);
@@ -216,6 +218,7 @@ impl LogsDb {
             exclusive: tokio::sync::Mutex::new(()),
             threads,
             report,
+            data_dir,
             _lock: lock,
         })
     }
@@ -223,6 +226,12 @@ impl LogsDb {
     /// What opening found about the previous run.
     pub fn open_report(&self) -> OpenReport {
         self.report
+    }
+
+    /// The directory's own id, from its identity file: the server binds it to the node id in
+    /// the epoch store (DESIGN §7).
+    pub fn data_dir_id(&self) -> DataDirId {
+        self.data_dir
     }
 
     /// Write-path counters since open (group commit: `synced_replies / wal_syncs` replies

@@ -65,7 +65,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tally_common::NodeId;
-use tally_common::meta::{NodeInfo, Roles, StorageState};
+use tally_common::meta::{DataDirBinding, DataDirId, NodeInfo, Roles, StorageState};
 use tally_epochstore::{EpochStore, EpochStoreError, NodeLease};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -126,6 +126,9 @@ pub struct StorageNode {
     registration: Arc<tokio::sync::Mutex<Option<(NodeInfo, NodeLease)>>>,
     /// Set once LogsDB refused a write after an I/O failure (read-only until restart).
     write_failed: AtomicBool,
+    /// The data directory the epoch store has bound to this node id, when it is not the one
+    /// LogsDB opened (wiped, replaced): this node cannot vouch for the id's data (DESIGN §7).
+    replaced_dir: Option<DataDirId>,
     /// This process's incarnation, in every record it registers (`NodeInfo::incarnation`).
     incarnation: u64,
     /// Which epochs are settled per log, and what purging did (`purge`).
@@ -166,17 +169,25 @@ impl StorageNode {
         &self.cluster
     }
 
-    /// The storage state this node registers: read-write unless LogsDB may have lost
-    /// acknowledged `fast` writes in an unclean shutdown (its "no record" for the recent range
-    /// proves nothing: DESIGN §7) or has stopped accepting writes.
+    /// The storage state this node registers: read-write unless its "no record" proves
+    /// nothing (DESIGN §7) — it runs on another data directory than the one its id had, or
+    /// LogsDB may have lost acknowledged `fast` writes in an unclean shutdown — or LogsDB has
+    /// stopped accepting writes. Data loss wins over read-only: it decides whether the node's
+    /// answers count.
     pub fn storage_state(&self) -> StorageState {
-        if self.write_failed.load(Ordering::Relaxed) {
-            StorageState::ReadOnly
-        } else if self.logsdb.open_report().recent_range_uncertain {
+        if self.replaced_dir.is_some() || self.logsdb.open_report().recent_range_uncertain {
             StorageState::DataLoss
+        } else if self.write_failed.load(Ordering::Relaxed) {
+            StorageState::ReadOnly
         } else {
             StorageState::ReadWrite
         }
+    }
+
+    /// The data directory bound to this node id in the epoch store, when LogsDB runs on
+    /// another one (the node then registers as `DataLoss`).
+    pub fn replaced_data_dir(&self) -> Option<DataDirId> {
+        self.replaced_dir
     }
 
     /// LogsDB refused a write after a write or sync failure: say so in membership, once.
@@ -314,12 +325,33 @@ pub async fn run(
             .await
             .map_err(|_| StartError::BlockingTask)??;
     let report = logsdb.open_report();
+    let timeout = config.epoch_store_timeout;
+    let data_dir = logsdb.data_dir_id();
+    let binding = tokio::time::timeout(timeout, deps.store.bind_data_dir(config.node, data_dir))
+        .await
+        .map_err(|_| StartError::EpochStoreTimeout(timeout))??;
+    let replaced_dir = match binding {
+        DataDirBinding::New | DataDirBinding::Same => None,
+        DataDirBinding::Other { bound } => {
+            tracing::error!(
+                node = %config.node,
+                dir = %config.data_dir.display(),
+                %data_dir,
+                %bound,
+                "this data directory is not the one node {} stored its records in (wiped or \
+                 replaced): registering as data-loss, so that no reader or recovery takes its \
+                 \"no record\" for proof. Restore the original directory, or start this \
+                 machine under a new node id on an empty directory",
+                config.node
+            );
+            Some(bound)
+        }
+    };
     let disk = Arc::new(DiskMonitor::new(
         config.data_dir.clone(),
         config.min_free_disk_bytes,
     ));
     let cluster = Arc::new(ClusterView::default());
-    let timeout = config.epoch_store_timeout;
     tokio::time::timeout(timeout, cluster.load(&*deps.store))
         .await
         .map_err(|_| StartError::EpochStoreTimeout(timeout))??;
@@ -338,6 +370,7 @@ pub async fn run(
         cluster: cluster.clone(),
         registration: Arc::new(tokio::sync::Mutex::new(None)),
         write_failed: AtomicBool::new(false),
+        replaced_dir,
         incarnation: NodeInfo::new_incarnation(),
         purges: purge::Purges::default(),
         tracker: tracker.clone(),
