@@ -458,7 +458,8 @@ fn with_fewer_than_r_nodes_reachable_an_append_fails_typed_within_its_timeout() 
 /// records whose copies were on nodes 1 and 2 — down as well, a reader must not take node 1's
 /// silence for proof: it stalls at the first such record waiting for node 2 (where, trusting
 /// the wiped node, it would report those records as `DataLoss`), and once node 2 is back it
-/// delivers every acknowledged record, with no `DataLoss`.
+/// delivers every acknowledged record, with no `DataLoss`. With every node up, it reads
+/// everything back at once.
 #[test]
 fn a_node_restarted_on_a_wiped_directory_is_not_taken_for_proof() {
     use tally_client::{Delivery, GapKind, ReadFrom, ReadOptions, ReadUntil};
@@ -503,9 +504,48 @@ fn a_node_restarted_on_a_wiped_directory_is_not_taken_for_proof() {
         .block_on(async { tokio::time::timeout(T, registered).await })
         .expect("node 1 still registered read-write after its data directory was deleted");
     assert_eq!(state, StorageState::DataLoss);
-    cluster.take_storage(2).kill();
-
+    let want: Vec<(Lsn, Vec<u8>)> = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (Lsn(first.0 + i as u64), p))
+        .collect();
+    let records_of = |delivered: &[Delivery]| -> Vec<(Lsn, Vec<u8>)> {
+        let mut records = Vec::new();
+        for d in delivered {
+            match d {
+                Delivery::Record(r) => records.push((r.header.lsn, r.payload.clone())),
+                Delivery::Gap { kind, from, to } => {
+                    assert_ne!(*kind, GapKind::DataLoss, "DataLoss {from}..={to}");
+                    panic!("a {kind:?} gap {from}..={to} inside acknowledged records");
+                }
+            }
+        }
+        records
+    };
     let options = ReadOptions::range(ReadFrom::Lsn(first), ReadUntil::Lsn(last));
+
+    // With nodes 2 and 3 up, everything reads back: where node 1 was to ship a record it no
+    // longer has, the others' copies are found (single-copy delivery falls back).
+    let all_up = rt.block_on(async {
+        let mut reader = client
+            .read(log, options.clone())
+            .await
+            .expect("start a reader");
+        let mut delivered = Vec::new();
+        while let Some(item) = tokio::time::timeout(T, reader.next())
+            .await
+            .expect("a delivery with every node up")
+        {
+            delivered.push(item.expect("read"));
+        }
+        delivered
+    });
+    assert!(
+        records_of(&all_up) == want,
+        "records differ with every node up"
+    );
+
+    cluster.take_storage(2).kill();
     let mut reader = rt
         .block_on(client.read(log, options))
         .expect("start a reader");
@@ -550,21 +590,7 @@ fn a_node_restarted_on_a_wiped_directory_is_not_taken_for_proof() {
             delivered.push(item.expect("read"));
         }
     });
-    let mut records = Vec::new();
-    for d in &delivered {
-        match d {
-            Delivery::Record(r) => records.push((r.header.lsn, r.payload.clone())),
-            Delivery::Gap { kind, from, to } => {
-                assert_ne!(*kind, GapKind::DataLoss, "DataLoss {from}..={to}");
-                panic!("a {kind:?} gap {from}..={to} inside acknowledged records");
-            }
-        }
-    }
-    let want: Vec<(Lsn, Vec<u8>)> = payloads
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| (Lsn(first.0 + i as u64), p))
-        .collect();
+    let records = records_of(&delivered);
     assert_eq!(records.len(), want.len());
     assert!(records == want, "records differ from the acknowledged ones");
     rt.block_on(client.close());

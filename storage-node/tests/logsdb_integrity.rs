@@ -126,10 +126,19 @@ fn identity_and_exclusive_lock_are_checked_on_open() {
     assert_eq!(db.data_dir_id(), assigned);
     db.close().unwrap();
 
-    // A wiped directory is another directory.
+    // A wiped directory is another directory; so is one whose database alone was deleted.
     let other = tempfile::tempdir().unwrap();
     let db = open(other.path(), config.clone(), clock.clone());
     assert_ne!(db.data_dir_id(), assigned);
+    db.close().unwrap();
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let db = open(dir.path(), config.clone(), clock.clone());
+    assert!(db.open_report().fresh);
+    let redrawn = db.data_dir_id();
+    assert_ne!(redrawn, assigned);
+    db.close().unwrap();
+    let db = open(dir.path(), config.clone(), clock.clone());
+    assert_eq!(db.data_dir_id(), redrawn);
     db.close().unwrap();
 
     std::fs::remove_file(dir.path().join("IDENTITY")).unwrap();

@@ -5,8 +5,9 @@
 //! The identity file is TOML: `format = 1`, `cluster = "…"`, `node_id = N`, `data_dir =
 //! "<16 hex digits>"` (a [`DataDirId`] drawn when the directory is created; the server binds it
 //! to the node id in the epoch store, DESIGN §7); written atomically (temporary file, fsync,
-//! rename, fsync of the directory). A file from before `data_dir` existed gets one drawn and
-//! is rewritten at open.
+//! rename, fsync of the directory). The id is drawn again whenever the directory holds no
+//! database (its `db/` deleted, or a first start that crashed before creating it), and for a
+//! file from before `data_dir` existed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -86,10 +87,12 @@ impl NodeIdentity {
                     });
                 }
                 match file.data_dir {
-                    Some(id) => Ok(id),
-                    None => {
+                    // No database (never created, or deleted): the directory holds none of
+                    // the data an earlier id stood for, so it is a new directory.
+                    Some(id) if db_exists => Ok(id),
+                    _ => {
                         let id = DataDirId::random();
-                        tracing::info!(dir = %dir.display(), data_dir = %id, "identity file gets a data directory id");
+                        tracing::info!(dir = %dir.display(), data_dir = %id, "data directory gets a new id");
                         self.write(dir, id)?;
                         Ok(id)
                     }
