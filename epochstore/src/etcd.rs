@@ -31,11 +31,12 @@ use tally_common::meta::{DataDirBinding, DataDirId, LogAttributes, LogMetadata, 
 use tokio::time::Instant;
 
 pub use crate::etcd_config::{EtcdAuth, EtcdConfig, EtcdTls};
+use crate::etcd_members;
 use crate::store::{
     ActivateOptions, Activation, BoxFuture, EpochStore, EpochStoreError, NodeLease, NodeWatch,
     Result,
 };
-use crate::{etcd_members, update};
+use crate::update::{self, DataDirRecord};
 
 /// The etcd keys of one cluster.
 #[derive(Clone, Debug)]
@@ -69,13 +70,6 @@ impl Keys {
     pub(crate) fn data_dir(&self, node: NodeId) -> String {
         format!("{}data-dirs/{}", self.prefix, node.0)
     }
-}
-
-/// The value of a node's data-directory binding.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DataDirValue {
-    node: NodeId,
-    data_dir: DataDirId,
 }
 
 /// The end of the key range of everything under `prefix` (which ends in `/`).
@@ -508,7 +502,7 @@ impl EpochStore for EtcdStore {
     fn bind_data_dir(&self, node: NodeId, dir: DataDirId) -> BoxFuture<'_, Result<DataDirBinding>> {
         Box::pin(async move {
             let key = self.keys.data_dir(node);
-            let bytes = serde_json::to_vec(&DataDirValue {
+            let bytes = serde_json::to_vec(&DataDirRecord {
                 node,
                 data_dir: dir,
             })
@@ -535,7 +529,7 @@ impl EpochStore for EtcdStore {
                             "{key}: present but read back empty"
                         )));
                     };
-                    let value: DataDirValue = serde_json::from_slice(kv.value()).map_err(|e| {
+                    let value: DataDirRecord = serde_json::from_slice(kv.value()).map_err(|e| {
                         EpochStoreError::Corrupt {
                             key: key.clone(),
                             reason: e.to_string(),

@@ -34,7 +34,7 @@ use crate::store::{
     ActivateOptions, Activation, BoxFuture, EpochStore, EpochStoreError, NodeLease, NodeWatch,
     Result,
 };
-use crate::update;
+use crate::update::{self, DataDirRecord};
 
 /// Default deadline of one file-store call.
 pub const DEFAULT_FILE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,6 +132,31 @@ impl FileEpochStore {
         self.inner.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `job` on the blocking pool under the cache lock, which serializes every write of
+    /// the store, unless an earlier write failed; bounded by the call timeout.
+    async fn write_locked<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Inner, &mut BTreeMap<LogId, LogMetadata>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut cache = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.failed.load(Ordering::Acquire) {
+                return Err(EpochStoreError::Io(
+                    "an earlier write failed; restart needed".into(),
+                ));
+            }
+            job(&inner, &mut cache)
+        });
+        match tokio::time::timeout(self.call_timeout, task).await {
+            Err(_) => Err(EpochStoreError::Timeout {
+                after: self.call_timeout,
+            }),
+            Ok(Err(e)) => Err(EpochStoreError::Io(format!("write task failed: {e}"))),
+            Ok(Ok(r)) => r,
+        }
+    }
+
     /// Runs a read-modify-write of one log on the blocking pool, under the cache lock.
     /// `decide` returns the new value to persist, or `None` to leave the log unchanged.
     async fn mutate<T: Send + 'static>(
@@ -139,14 +164,7 @@ impl FileEpochStore {
         log: LogId,
         decide: impl FnOnce(Option<&LogMetadata>) -> Result<(Option<LogMetadata>, T)> + Send + 'static,
     ) -> Result<T> {
-        let inner = self.inner.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let mut cache = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if inner.failed.load(Ordering::Acquire) {
-                return Err(EpochStoreError::Io(
-                    "an earlier write failed; restart needed".into(),
-                ));
-            }
+        self.write_locked(move |inner, cache| {
             let (updated, out) = decide(cache.get(&log))?;
             if let Some(meta) = updated {
                 let bytes = serde_json::to_vec_pretty(&meta)
@@ -158,56 +176,30 @@ impl FileEpochStore {
                 cache.insert(log, meta);
             }
             Ok(out)
-        });
-        match tokio::time::timeout(self.call_timeout, job).await {
-            Err(_) => Err(EpochStoreError::Timeout {
-                after: self.call_timeout,
-            }),
-            Ok(Err(e)) => Err(EpochStoreError::Io(format!("write task failed: {e}"))),
-            Ok(Ok(r)) => r,
-        }
+        })
+        .await
     }
-}
 
-/// The file of a node's data-directory binding: `{"node": N, "data_dir": "<16 hex digits>"}`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DataDirFile {
-    node: NodeId,
-    data_dir: DataDirId,
-}
-
-impl FileEpochStore {
     /// Reads the binding of `node`, binds `dir` if there is none (durably, before answering).
-    fn bind_data_dir_blocking(
-        inner: &Inner,
-        node: NodeId,
-        dir: DataDirId,
-    ) -> Result<DataDirBinding> {
-        // The cache lock serializes this with every other write of the store.
-        let _writes = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.failed.load(Ordering::Acquire) {
-            return Err(EpochStoreError::Io(
-                "an earlier write failed; restart needed".into(),
-            ));
-        }
+    fn bind_data_dir_locked(inner: &Inner, node: NodeId, dir: DataDirId) -> Result<DataDirBinding> {
         let dirs = inner.dir.join("data-dirs");
         let name = format!("{}.json", node.0);
         let path = dirs.join(&name);
         let bound = match fs::read(&path) {
             Ok(bytes) => {
-                let file: DataDirFile =
+                let record: DataDirRecord =
                     serde_json::from_slice(&bytes).map_err(|e| EpochStoreError::Corrupt {
                         key: path.display().to_string(),
                         reason: e.to_string(),
                     })?;
-                Some(file.data_dir)
+                Some(record.data_dir)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_error("read", &path, e)),
         };
         let answer = update::data_dir_binding(bound, dir);
         if answer == DataDirBinding::New {
-            let bytes = serde_json::to_vec_pretty(&DataDirFile {
+            let bytes = serde_json::to_vec_pretty(&DataDirRecord {
                 node,
                 data_dir: dir,
             })
@@ -332,17 +324,10 @@ impl EpochStore for FileEpochStore {
 
     fn bind_data_dir(&self, node: NodeId, dir: DataDirId) -> BoxFuture<'_, Result<DataDirBinding>> {
         Box::pin(async move {
-            let inner = self.inner.clone();
-            let job = tokio::task::spawn_blocking(move || {
-                FileEpochStore::bind_data_dir_blocking(&inner, node, dir)
-            });
-            match tokio::time::timeout(self.call_timeout, job).await {
-                Err(_) => Err(EpochStoreError::Timeout {
-                    after: self.call_timeout,
-                }),
-                Ok(Err(e)) => Err(EpochStoreError::Io(format!("write task failed: {e}"))),
-                Ok(Ok(r)) => r,
-            }
+            self.write_locked(move |inner, _| {
+                FileEpochStore::bind_data_dir_locked(inner, node, dir)
+            })
+            .await
         })
     }
 }

@@ -5,7 +5,7 @@
 //! file and in-memory stores). A lost race re-reads and decides again, so all three stores
 //! share one set of rules.
 
-use tally_common::ids::{Epoch, LogId, Lsn};
+use tally_common::ids::{Epoch, LogId, Lsn, NodeId};
 use tally_common::meta::{
     DataDirBinding, DataDirId, LogAttributes, LogMetadata, NodeInfo, NodeSetEntry, RecoveredEpoch,
 };
@@ -138,6 +138,14 @@ pub fn set_last_clean_epoch(
         updated.recovered.drain(..excess);
     }
     Ok(Some(updated))
+}
+
+/// A node's data-directory binding as the etcd and file stores keep it (JSON
+/// `{"node": N, "data_dir": "<16 hex digits>"}`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct DataDirRecord {
+    pub node: NodeId,
+    pub data_dir: DataDirId,
 }
 
 /// What binding data directory `dir` answers when `bound` is on record for the node (`None`:
